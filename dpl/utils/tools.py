@@ -1,0 +1,83 @@
+"""Small file-system, I/O and environment helpers (Dassl's ``dassl.utils.tools`` surface)."""
+import contextlib
+import json
+import os
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def mkdir_if_missing(dirname):
+    os.makedirs(dirname, exist_ok=True)
+
+
+def check_isfile(fpath):
+    return os.path.isfile(fpath)
+
+
+def listdir_nohidden(path, sort=False):
+    """Entries of ``path`` that do not start with a dot."""
+    items = [f for f in os.listdir(path) if not f.startswith(".")]
+    return sorted(items) if sort else items
+
+
+@contextlib.contextmanager
+def atomic_open(fpath, mode="w", **kwargs):
+    """Write to a temporary file next to ``fpath`` and rename it over ``fpath`` on success.
+
+    A crash mid-write leaves the previous ``fpath`` untouched (and at worst a stray ``.tmp`` file).
+    """
+    fpath = Path(fpath)
+    fpath.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{fpath.name}.", suffix=".tmp", dir=fpath.parent)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, fpath)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def read_json(fpath):
+    with open(fpath, "r") as f:
+        return json.load(f)
+
+
+def write_json(obj, fpath):
+    """Write ``obj`` as indented JSON, atomically."""
+    with atomic_open(fpath, "w") as f:
+        json.dump(obj, f, indent=4, separators=(",", ": "))
+
+
+def set_random_seed(seed):
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def collect_env_info():
+    """A human-readable description of the software environment."""
+    from torch.utils.collect_env import get_pretty_env_info
+    import PIL
+
+    return get_pretty_env_info() + f"\n        Pillow ({PIL.__version__})"
+
+
+def count_num_param(model=None, params=None):
+    if model is not None:
+        return sum(p.numel() for p in model.parameters())
+    return sum(p.numel() for p in params)
+
+
+def python_version():
+    return sys.version.split()[0]
