@@ -1,0 +1,36 @@
+"""The CLIP layer: weight resolution and loading, prompted encoders, tokenisation helpers, templates."""
+from dpl.clip.prompted import (
+    ClipArchitecture,
+    LayerHook,
+    PromptedTextEncoder,
+    PromptedVisionEncoder,
+    TokenLayout,
+    attention_probs,
+    clip_architecture,
+    is_vit,
+)
+from dpl.clip.templates import (
+    CUSTOM_TEMPLATES,
+    IMAGENET_TEMPLATES,
+    IMAGENET_TEMPLATES_SELECT,
+    PROMPTSRC_TEMPLATES,
+    dataset_template,
+    fill_template,
+)
+from dpl.clip.text import ClassPrompts, build_class_prompts, class_text, tokenize
+from dpl.clip.weights import (
+    CACHE_ENV,
+    available_backbones,
+    clip_cache_dir,
+    load_clip,
+    read_clip_state_dict,
+    resolve_clip_weights,
+)
+
+__all__ = [
+    "CACHE_ENV", "CUSTOM_TEMPLATES", "ClassPrompts", "ClipArchitecture", "IMAGENET_TEMPLATES",
+    "IMAGENET_TEMPLATES_SELECT", "LayerHook", "PROMPTSRC_TEMPLATES", "PromptedTextEncoder",
+    "PromptedVisionEncoder", "TokenLayout", "attention_probs", "available_backbones", "build_class_prompts",
+    "class_text", "clip_architecture", "clip_cache_dir", "dataset_template", "fill_template", "is_vit",
+    "load_clip", "read_clip_state_dict", "resolve_clip_weights", "tokenize",
+]

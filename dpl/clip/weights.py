@@ -1,0 +1,171 @@
+"""CLIP weight resolution (explicit path -> cache -> checksummed download) and loading.
+
+``clip.load`` is not used: on current torch it fails on local state-dict files (it reuses a file
+handle after ``torch.jit.load`` gives up). We read the file ourselves and build the model with
+``clip.model.build_model``.
+"""
+import difflib
+import hashlib
+import os
+import tempfile
+import urllib.error
+import urllib.request
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from dpl.clip.package import MODEL_URLS, clip
+
+CACHE_ENV = "DPL_CLIP_CACHE"
+PATH_KEY = "MODEL.BACKBONE.PATH"
+POCKET_NAME = "pocket"
+POCKET_PATH = Path(__file__).resolve().parent / "assets" / "pocket_clip.pt"
+DOWNLOAD_TIMEOUT_S = 60
+_CHUNK_BYTES = 1 << 20
+
+
+def clip_cache_dir():
+    """The weight cache: ``$DPL_CLIP_CACHE`` if set, else ``~/.cache/clip`` (where OpenAI's package caches)."""
+    override = os.environ.get(CACHE_ENV, "")
+    return Path(override).expanduser() if override else Path.home() / ".cache" / "clip"
+
+
+def available_backbones():
+    """Backbone names ``MODEL.BACKBONE.NAME`` accepts: the ``clip`` package's URL table plus ``pocket``."""
+    return list(MODEL_URLS) + [POCKET_NAME]
+
+
+def resolve_clip_weights(name, path=""):
+    """Return the path of the weights file for backbone ``name``.
+
+    Order: explicit ``path`` (``MODEL.BACKBONE.PATH``) -> the committed pocket model for ``pocket`` ->
+    ``<cache dir>/<url basename>`` with a matching SHA256 -> a checksummed download into the cache.
+    """
+    if path:
+        return _explicit_path(path)
+    if name == POCKET_NAME:
+        return _pocket_path()
+    url = _model_url(name)
+    filename = os.path.basename(url)
+    expected_sha256 = url.split("/")[-2]
+    cache_dir = clip_cache_dir()
+    target = cache_dir / filename
+    if target.is_file():
+        _check_cached_file(target, expected_sha256)
+        return target
+    if target.exists():
+        raise FileExistsError(f"{target} exists but is not a regular file; move it away or set {PATH_KEY}")
+    try:
+        download_verified(url, target, expected_sha256)
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise FileNotFoundError(
+            f"CLIP weights for {name!r} not found: expected {filename} in the cache directory {cache_dir} "
+            f"(set ${CACHE_ENV} to use another directory), and the download from {url} failed ({reason}); "
+            f"copy {filename} there or set {PATH_KEY} to a weights file"
+        ) from exc
+    return target
+
+
+def _explicit_path(path):
+    resolved = Path(path).expanduser()
+    if not resolved.is_file():
+        raise FileNotFoundError(f"{PATH_KEY} is {str(path)!r}, which is not a file; point it at a CLIP weights file")
+    return resolved
+
+
+def _pocket_path():
+    if not POCKET_PATH.is_file():
+        raise FileNotFoundError(
+            f"the pocket CLIP {POCKET_PATH} is missing from this checkout; restore it from git or set {PATH_KEY}"
+        )
+    return POCKET_PATH
+
+
+def _model_url(name):
+    if name in MODEL_URLS:
+        return MODEL_URLS[name]
+    names = available_backbones()
+    closest = difflib.get_close_matches(name, names, n=len(names), cutoff=0.0)
+    raise ValueError(f"unknown CLIP backbone {name!r} (MODEL.BACKBONE.NAME); available, closest first: {closest}")
+
+
+def sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(_CHUNK_BYTES), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_cached_file(target, expected_sha256):
+    # A mismatching file may be the user's own (e.g. fine-tuned) weights: never overwrite it silently.
+    actual = sha256_of(target)
+    if actual != expected_sha256:
+        raise RuntimeError(
+            f"{target} does not match its SHA256 checksum (expected {expected_sha256}, got {actual}); "
+            f"delete it to download it again, or set {PATH_KEY} to that file to use it as it is"
+        )
+
+
+def download_verified(url, target, expected_sha256):
+    """Download ``url`` to ``target`` through a temp file in the same directory, verify, then rename atomically."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".part", delete=False)
+    digest = hashlib.sha256()
+    try:
+        with handle, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as source:
+            for block in iter(lambda: source.read(_CHUNK_BYTES), b""):
+                handle.write(block)
+                digest.update(block)
+        if digest.hexdigest() != expected_sha256:
+            raise RuntimeError(
+                f"the file downloaded from {url} does not match its SHA256 checksum "
+                f"(expected {expected_sha256}, got {digest.hexdigest()}); try again later"
+            )
+        os.replace(handle.name, target)
+    finally:
+        if os.path.exists(handle.name):
+            os.unlink(handle.name)
+    return target
+
+
+def read_clip_state_dict(path):
+    """The CLIP state dict stored in ``path``: an OpenAI TorchScript archive, a state dict, or ``{"state_dict": ...}``."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.load.* is deprecated", category=FutureWarning)
+            return torch.jit.load(str(path), map_location="cpu").state_dict()
+    except RuntimeError:
+        pass  # not a TorchScript archive: try a pickled state dict
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types (UnpicklingError, KeyError, EOFError, RuntimeError)
+        raise ValueError(
+            f"{path} is neither a TorchScript archive nor a torch state dict ({type(exc).__name__}: {exc}); "
+            f"point {PATH_KEY} at a CLIP weights file"
+        ) from exc
+    if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, Mapping) or not all(torch.is_tensor(v) for v in loaded.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors; point {PATH_KEY} at a CLIP weights file")
+    return dict(loaded)
+
+
+def load_clip(name, path="", device="cpu"):
+    """Load CLIP ``name`` (or the file ``path``) as a float32, eval-mode, frozen ``clip.model.CLIP`` on ``device``."""
+    weights = resolve_clip_weights(name, path)
+    state_dict = read_clip_state_dict(weights)
+    try:
+        model = clip.model.build_model(state_dict)
+    except (KeyError, RuntimeError, AssertionError) as exc:
+        raise ValueError(
+            f"{weights} is not a CLIP state dict that clip.model.build_model accepts "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from exc
+    model = model.float().eval().requires_grad_(False)
+    return model.to(device)
