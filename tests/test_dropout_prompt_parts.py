@@ -1,4 +1,5 @@
 """Unit tests of DropoutPrompt's method parts (pure tensor code, method.md §4-§9, §16)."""
+import copy
 import math
 from types import SimpleNamespace
 
@@ -229,3 +230,107 @@ def test_lambda_schedule():
     assert parts.residual_lambda(0, 20, 0.1, fixed=True) == 0.1
     with pytest.raises(ValueError, match="MAX_EPOCH"):
         parts.residual_lambda(0, 0, 0.1)
+
+
+# --------------------------------------------------------------------------------------------------
+# The hook inside the real prompted encoders (tiny CLIP)
+# --------------------------------------------------------------------------------------------------
+def _capture_block_input(blocks, index):
+    """Register a pre-hook recording the [L, N, D] input of ``blocks[index]``; returns (store, handle)."""
+    store = {}
+    handle = blocks[index].register_forward_pre_hook(lambda module, args: store.__setitem__("x", args[0].detach()))
+    return store, handle
+
+
+def _text_inputs(clip_model, n_ctx=4):
+    from dpl.clip import build_class_prompts
+
+    torch.manual_seed(8)
+    prompts = build_class_prompts(clip_model, ["cat", "golden retriever", "oak tree"], n_ctx=n_ctx)
+    ctx = torch.randn(n_ctx, clip_model.transformer.width) * 0.02
+    deep = torch.randn(2, n_ctx, clip_model.transformer.width) * 0.02
+    return prompts, prompts.assemble(ctx), deep
+
+
+def _always_drop(**kwargs):
+    return parts.TokenDropout(importance="full", perturbation="gaussian", p_min=1.0, p_max=1.0, sigma=0.5, **kwargs)
+
+
+def test_text_perturbation_reaches_next_block_after_deep_prompt_replacement(tiny_clip):
+    from dpl.clip import PromptedTextEncoder
+
+    encoder = PromptedTextEncoder(tiny_clip)
+    prompts, embeddings, deep = _text_inputs(tiny_clip)
+    mag = parts.AlignmentGuidance(8, tiny_clip.visual.transformer.width, tiny_clip.transformer.width)
+    store, handle = _capture_block_input(tiny_clip.transformer.resblocks, 1)
+    try:
+        encoder(embeddings, prompts.tokenized, deep)
+        clean = store["x"].permute(1, 0, 2)  # [C, L, D]
+        hook = parts.TokenDropoutHook(_always_drop(), drop_layers={0}, mag=mag)
+        encoder(embeddings, prompts.tokenized, deep, hook=hook)
+        perturbed = store["x"].permute(1, 0, 2)
+    finally:
+        handle.remove()
+    # without the hook block 1 sees the fresh deep prompts; with it, those prompts arrive perturbed
+    torch.testing.assert_close(clean[:, 1:5], deep[0].expand(3, -1, -1))
+    assert bool((perturbed[:, :5] != clean[:, :5]).all(-1).all())  # SOS + the 4 prompt positions
+    assert torch.equal(perturbed[:, 5:], clean[:, 5:])  # class tokens, '.', EOS, padding never change
+
+
+def test_vision_perturbation_reaches_next_block_and_spares_cls(tiny_clip):
+    from dpl.clip import PromptedVisionEncoder
+
+    encoder = PromptedVisionEncoder(tiny_clip)
+    torch.manual_seed(9)
+    images = torch.randn(2, 3, 32, 32)
+    prompts = torch.randn(3, 4, tiny_clip.visual.transformer.width) * 0.02
+    mag = parts.AlignmentGuidance(8, tiny_clip.visual.transformer.width, tiny_clip.transformer.width)
+    store, handle = _capture_block_input(tiny_clip.visual.transformer.resblocks, 2)
+    try:
+        encoder(images, prompts)
+        clean = store["x"].permute(1, 0, 2)
+        features = encoder(images, prompts, hook=parts.TokenDropoutHook(_always_drop(), drop_layers={1}, mag=mag))
+        perturbed = store["x"].permute(1, 0, 2)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(clean[:, -4:], prompts[2].expand(2, -1, -1))
+    assert torch.equal(perturbed[:, 0], clean[:, 0])  # CLS never perturbed
+    assert bool((perturbed[:, 1:] != clean[:, 1:]).all(-1).all())  # patches and fresh prompts perturbed
+    assert not torch.allclose(features, encoder(images, prompts))
+
+
+def test_hook_collects_mag_features_per_layer_across_text_chunks(tiny_clip):
+    from dpl.clip import PromptedTextEncoder
+
+    prompts, embeddings, deep = _text_inputs(tiny_clip)
+    mag = parts.AlignmentGuidance(8, tiny_clip.visual.transformer.width, tiny_clip.transformer.width)
+    off = parts.TokenDropout(perturbation="none")
+    whole = parts.TokenDropoutHook(off, mag=mag, mag_layers={0, 1, 2})
+    PromptedTextEncoder(tiny_clip)(embeddings, prompts.tokenized, deep, hook=whole)
+    chunked = parts.TokenDropoutHook(off, mag=mag, mag_layers={0, 1, 2})
+    PromptedTextEncoder(tiny_clip, chunk_size=2)(embeddings, prompts.tokenized, deep, hook=chunked)
+    assert [f.shape for f in whole.mag_features] == [torch.Size([3, 8, tiny_clip.transformer.width])] * 3
+    for a, b in zip(whole.mag_features, chunked.mag_features):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_mag_loss_gradients_reach_bridge_tokens_and_prompts_unless_detached(tiny_clip, detach):
+    from dpl.clip import PromptedTextEncoder, PromptedVisionEncoder
+
+    tiny_clip = copy.deepcopy(tiny_clip).requires_grad_(False)  # frozen, as load_clip returns it
+
+    prompts, embeddings, deep = _text_inputs(tiny_clip)
+    ctx = deep.clone().requires_grad_(True)
+    visual = (torch.randn(3, 4, tiny_clip.visual.transformer.width) * 0.02).requires_grad_(True)
+    mag = parts.AlignmentGuidance(8, tiny_clip.visual.transformer.width, tiny_clip.transformer.width)
+    off = parts.TokenDropout(perturbation="none")
+    text_hook = parts.TokenDropoutHook(off, mag=mag, mag_layers={1, 2}, detach_mag=detach)
+    vision_hook = parts.TokenDropoutHook(off, mag=mag, mag_layers={1, 2}, detach_mag=detach)
+    PromptedTextEncoder(tiny_clip)(embeddings, prompts.tokenized, ctx, hook=text_hook)
+    PromptedVisionEncoder(tiny_clip)(torch.randn(2, 3, 32, 32), visual, hook=vision_hook)
+    loss = parts.mag_alignment_loss(vision_hook.mag_features, text_hook.mag_features, torch.tensor([0, 2]))
+    loss.backward()
+    for param in (mag.tokens, mag.vision_proj.weight, mag.text_proj.weight):
+        assert param.grad is not None and float(param.grad.abs().sum()) > 0
+    assert (ctx.grad is None) == detach and (visual.grad is None) == detach

@@ -6,8 +6,8 @@ Reference: ``../shared/reference/method.md`` (section numbers below refer to it)
 - importance -> per-token drop probability (§5) and the drop draw;
 - the token perturbation: ``gaussian`` (official), ``zero`` (inverted token dropout), ``none`` (§6);
 - the Multimodal Alignment Guidance (MAG) module and its loss (§8);
-  (the ``LayerHook`` that applies all this inside the prompted encoders lives in ``dropout_prompt.py``,
-  next to the CLIP layer it plugs into, so these parts need only torch)
+- ``TokenDropoutHook``: the ``LayerHook`` that applies importance-weighted token dropout inside the
+  prompted CLIP encoders and records the MAG features of the alignment loss (§7, §8);
 - the residual entropy loss and its lambda schedule (§9).
 
 Shapes: ``N`` sequences (images or class prompts), ``H`` heads, ``L`` tokens, ``K`` bridge tokens,
@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from dpl.clip.prompted import LayerHook
 
 # Importance sources (TRAINER.DPL.IMPORTANCE): the terms each one averages. "uniform" uses no importance
 # at all (every eligible token is dropped with the fixed rate UNIFORM_P: vanilla token dropout).
@@ -279,6 +281,58 @@ def mag_alignment_loss(vision_features, text_features, labels):
     vision = torch.stack(vision_features[:pairs])  # [P, B, K, D]
     text = torch.stack(text_features[:pairs])[:, labels]  # [P, B, K, D]
     return ((1.0 - F.cosine_similarity(vision, text, dim=-1)) / 2.0).mean()
+
+
+# --------------------------------------------------------------------------------------------------
+# The layer hook (§7)
+# --------------------------------------------------------------------------------------------------
+class TokenDropoutHook(LayerHook):
+    """Importance-weighted token dropout inside one encoder call, plus MAG feature recording.
+
+    The prompted encoders call the hook after block ``layer`` and after block ``layer + 1``'s deep prompts
+    are in place, so what it returns is exactly the input of block ``layer + 1``. Ordering decision: the
+    perturbation is applied *after* the next layer's prompts replace the prompt positions, so it reaches
+    block ``layer + 1`` for every eligible token, the freshly inserted prompts included (perturbing before
+    the replacement would discard it at every prompted layer but the last).
+
+    drop_layers: layers after which tokens are perturbed (importance from that block's attention and MAG
+        attention over the hook's input);
+    mag_layers: layers whose MAG features feed the alignment loss; they are collected in
+        ``mag_features`` (layer order, [N, K, D] each) with gradients to the MAG module, and to the encoder
+        unless ``detach_mag``. One hook object serves one encoder call (text chunks are concatenated).
+    """
+
+    def __init__(self, dropout, drop_layers=(), mag=None, mag_layers=(), detach_mag=False):
+        self.dropout = dropout
+        self.drop_layers = frozenset(drop_layers) if dropout.active else frozenset()
+        self.mag_layers = frozenset(mag_layers)
+        if mag is None and (self.mag_layers or (self.drop_layers and dropout.needs_alignment)):
+            raise ValueError("TokenDropoutHook needs the AlignmentGuidance module for MAG layers / MAG importance")
+        self.mag = mag
+        self.detach_mag = detach_mag
+        self._mag_chunks = {}  # layer -> [[n, K, D] per encoder chunk, in row order]
+
+    @property
+    def mag_features(self):
+        """[N, K, D] per MAG layer, in layer order."""
+        return [torch.cat(self._mag_chunks[layer]) for layer in sorted(self._mag_chunks)]
+
+    def wants_attention(self, layer):
+        return layer in self.drop_layers and self.dropout.needs_attention
+
+    def __call__(self, x, layer, layout, attn):
+        mag_attn = None
+        if layer in self.mag_layers:
+            attended = attended_positions(layout, x.shape[1])
+            mag_attn, features = self.mag(x.detach() if self.detach_mag else x, layout.modality, attended)
+            self._mag_chunks.setdefault(layer, []).append(features)
+            mag_attn = mag_attn.detach()
+        elif layer in self.drop_layers and self.dropout.needs_alignment:
+            with torch.no_grad():
+                mag_attn, _ = self.mag(x, layout.modality, attended_positions(layout, x.shape[1]))
+        if layer in self.drop_layers:
+            x = self.dropout(x, layout, attn, mag_attn)
+        return x
 
 
 # --------------------------------------------------------------------------------------------------
