@@ -12,6 +12,8 @@ _C.RESUME = ""
 _C.SEED = -1
 _C.USE_CUDA = True
 _C.VERBOSE = True
+# Name of the run's trainer config (train.py sets it to the stem of --config-file); stored in results.json.
+_C.CONFIG_NAME = ""
 
 ###########################
 # Input

@@ -1,3 +1,5 @@
+from .logger import close_logger, setup_logger
+from .meters import AverageMeter, MetricMeter
 from .registry import Registry, check_availability
 from .tools import (
     atomic_open,
@@ -9,4 +11,14 @@ from .tools import (
     read_json,
     set_random_seed,
     write_json,
+)
+from .torchtools import (
+    get_rng_state,
+    load_checkpoint,
+    load_pretrained_weights,
+    open_specified_layers,
+    resume_from_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+    tolist_if_not,
 )

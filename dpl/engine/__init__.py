@@ -1,0 +1,32 @@
+"""The engine: Dassl's trainer API (``TRAINER_REGISTRY``, ``build_trainer``, ``TrainerX``) plus run safety."""
+from .build import TRAINER_REGISTRY, build_trainer, extend_cfg_for_all_trainers
+from .errors import (
+    CheckpointMismatchError,
+    CheckpointNotFoundError,
+    NonFiniteLossError,
+    OutputDirExistsError,
+    RunLockError,
+    UserError,
+)
+from .runtime import RunLock, configure_determinism, output_dir_action, run_is_finished, skip_message
+from .trainer import SimpleTrainer, TrainerBase, TrainerX
+
+__all__ = [
+    "TRAINER_REGISTRY",
+    "build_trainer",
+    "extend_cfg_for_all_trainers",
+    "TrainerBase",
+    "SimpleTrainer",
+    "TrainerX",
+    "RunLock",
+    "configure_determinism",
+    "output_dir_action",
+    "run_is_finished",
+    "skip_message",
+    "UserError",
+    "RunLockError",
+    "OutputDirExistsError",
+    "CheckpointNotFoundError",
+    "CheckpointMismatchError",
+    "NonFiniteLossError",
+]

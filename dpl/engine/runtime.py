@@ -1,0 +1,175 @@
+"""What happens around a run: the output-dir policy, the run lock and the determinism switch."""
+import datetime
+import json
+import os
+import socket
+
+import torch
+
+from dpl.utils.registry import check_availability
+from dpl.utils.tools import read_json
+
+from .errors import OutputDirExistsError, RunLockError
+
+LOCK_NAME = ".run.lock"
+RESULTS_NAME = "results.json"
+IF_EXISTS_POLICIES = ["resume", "skip", "error"]
+
+
+def _has_checkpoint(output_dir):
+    """True when some ``output_dir/<model name>/checkpoint`` pointer file exists."""
+    if not os.path.isdir(output_dir):
+        return False
+    return any(os.path.isfile(os.path.join(output_dir, entry, "checkpoint")) for entry in os.listdir(output_dir))
+
+
+def run_is_finished(output_dir):
+    """True when ``results.json`` records the final test of a finished run."""
+    path = os.path.join(output_dir, RESULTS_NAME)
+    if not os.path.isfile(path):
+        return False
+    try:
+        return bool(read_json(path).get("finished", False))
+    except (OSError, ValueError):  # unreadable or half-written by another tool: not a finished run
+        return False
+
+
+def output_dir_action(cfg):
+    """What a training run does with ``cfg.OUTPUT_DIR`` under ``cfg.TRAIN.IF_EXISTS``.
+
+    Returns ``"fresh"`` (nothing there), ``"resume"`` (continue from the last checkpoint; a finished
+    run reruns its final test) or ``"skip"`` (finished run, policy ``skip``); raises
+    ``OutputDirExistsError`` under policy ``error`` when the directory holds a run.
+    """
+    policy = cfg.TRAIN.IF_EXISTS
+    check_availability(policy, IF_EXISTS_POLICIES, "TRAIN.IF_EXISTS policy")
+    output_dir = cfg.OUTPUT_DIR
+    finished = run_is_finished(output_dir)
+    if not finished and not _has_checkpoint(output_dir):
+        return "fresh"
+    if policy == "error":
+        state = "a finished run" if finished else "checkpoints of an earlier run"
+        raise OutputDirExistsError(
+            f"{output_dir} already holds {state} and TRAIN.IF_EXISTS is 'error': choose another --output-dir, "
+            "or pass TRAIN.IF_EXISTS resume (continue) or skip (leave finished runs alone)"
+        )
+    if policy == "skip" and finished:
+        return "skip"
+    return "resume"
+
+
+def skip_message(output_dir):
+    return (
+        f"Skip: the run in {output_dir} is finished ({RESULTS_NAME} holds its final test; "
+        "TRAIN.IF_EXISTS is 'skip'). Pass TRAIN.IF_EXISTS resume to run its final test again."
+    )
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+class RunLock:
+    """``OUTPUT_DIR/.run.lock``: the pid and host of the run writing to a directory.
+
+    ``acquire()`` creates it atomically. A lock held by a live process (or by another host, which
+    cannot be checked) raises ``RunLockError``; a lock of a dead process on this host is stale and
+    taken over. A lock already held by this process is left as is (re-entrant), and only the
+    ``RunLock`` that created the file removes it in ``release()``.
+    """
+
+    def __init__(self, output_dir):
+        self.output_dir = output_dir
+        self.path = os.path.join(output_dir, LOCK_NAME)
+        self.owned = False
+
+    def _owner(self):
+        try:
+            with open(self.path, "r") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            return {}  # unreadable: treated as stale below
+
+    def _create(self):
+        """Write the lock file; False when one exists already."""
+        owner = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": datetime.datetime.now().isoformat(timespec="seconds"),
+        }
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(owner, f)
+        try:
+            os.link(tmp, self.path)  # atomic and exclusive: the lock appears complete or not at all
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.remove(tmp)
+
+    def acquire(self):
+        """Take the lock. Returns a note to log when a stale lock was taken over, else None."""
+        os.makedirs(self.output_dir, exist_ok=True)
+        note = None
+        for _ in range(3):  # a concurrent run may remove or take over the file between our steps
+            if self._create():
+                self.owned = True
+                return note
+            owner = self._owner()
+            if owner is None:
+                continue
+            pid, host = owner.get("pid"), owner.get("host")
+            if host == socket.gethostname() and pid == os.getpid():
+                return None  # held by this process already
+            if host == socket.gethostname() and isinstance(pid, int) and _pid_alive(pid):
+                raise RunLockError(
+                    f"Another run (pid {pid} on {host}, started {owner.get('started')}) is writing to "
+                    f"{self.output_dir}: wait for it to finish or choose another --output-dir"
+                )
+            if host and host != socket.gethostname():
+                raise RunLockError(
+                    f"{self.output_dir} is locked by pid {pid} on host {host} (started {owner.get('started')}); "
+                    f"if no run is active there, delete {self.path}"
+                )
+            note = f"Taking over a stale run lock {self.path} (pid {pid} on {host} is not running)"
+            os.remove(self.path)
+        raise RunLockError(f"Could not take the run lock {self.path}; is another run starting in {self.output_dir}?")
+
+    def release(self):
+        if self.owned:
+            owner = self._owner()
+            if owner and owner.get("pid") == os.getpid():
+                os.remove(self.path)
+            self.owned = False
+
+    def __enter__(self):
+        note = self.acquire()
+        if note:
+            print(note)
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+
+def configure_determinism(cfg):
+    """``TRAIN.DETERMINISTIC``: deterministic kernels and no cuDNN autotuning; else cuDNN benchmark on CUDA."""
+    if cfg.TRAIN.DETERMINISTIC:
+        # cuBLAS needs this workspace setting for deterministic GEMMs; it must be set before the first cuBLAS call
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+

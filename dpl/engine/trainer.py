@@ -1,0 +1,510 @@
+"""The trainer lifecycle: ``TrainerBase`` -> ``SimpleTrainer`` -> ``TrainerX`` (Dassl's API and log lines).
+
+Construction (``SimpleTrainer.__init__``): ``check_cfg`` -> device -> ``build_data_loader`` ->
+``build_model`` -> evaluator. Training (``train()``): output-dir policy and run lock, ``before_train``
+(resume), then per epoch: data-order seeding, ``before_epoch``, ``run_epoch``, ``after_epoch``
+(validation, checkpoints), and ``after_train`` (final test, ``results.json``).
+
+Hooks a trainer overrides: ``extend_cfg(cfg)`` (classmethod adding its config node), ``check_cfg``,
+``build_model``, ``forward_backward``, ``parse_batch_train``, ``parse_batch_test``,
+``model_inference``, ``checkpoint_state_dict(name)`` / ``load_checkpoint_state_dict(name, state_dict)``
+(what a checkpoint holds for a registered model), ``get_trainer_state()`` / ``set_trainer_state(state)``
+(extra state exact resume needs; call ``super()`` and add keys), and ``load_model``.
+"""
+import datetime
+import numbers
+import os
+import time
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from dpl.evaluation import build_evaluator
+from dpl.utils.meters import AverageMeter, MetricMeter
+from dpl.utils.torchtools import (
+    BEST_NAME,
+    checkpoint_name,
+    get_rng_state,
+    latest_checkpoint_path,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+    tolist_if_not,
+)
+from dpl.utils.tools import write_json
+
+from . import results as results_json
+from .errors import CheckpointMismatchError, CheckpointNotFoundError, NonFiniteLossError
+from .runtime import RunLock, output_dir_action, skip_message
+
+
+def _format_components(components):
+    if not components:
+        return "none given"
+    values = {k: (v.detach().float().item() if isinstance(v, torch.Tensor) else v) for k, v in components.items()}
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
+
+
+class TrainerBase:
+    """Registered models/optimizers/schedulers, the epoch loop, checkpoints and TensorBoard."""
+
+    def __init__(self):
+        self._models = OrderedDict()
+        self._optims = OrderedDict()
+        self._scheds = OrderedDict()
+        self._writer = None
+        self.scaler = None  # an AMP GradScaler, when a trainer uses one, is saved in the trainer state
+        self.epochs_trained = 0  # epochs behind the current weights (resume / load_model update it)
+
+    # ----- model registry -------------------------------------------------------------------------
+    def register_model(self, name="model", model=None, optim=None, sched=None):
+        if self.__dict__.get("_models") is None:
+            raise AttributeError("Call TrainerBase.__init__() (super().__init__()) before register_model()")
+        if name in self._models:
+            raise KeyError(f'A model named "{name}" is already registered')
+        self._models[name] = model
+        self._optims[name] = optim
+        self._scheds[name] = sched
+
+    def get_model_names(self, names=None):
+        registered = list(self._models.keys())
+        if names is None:
+            return registered
+        names = tolist_if_not(names)
+        for name in names:
+            if name not in registered:
+                raise KeyError(f'No model named "{name}" is registered; registered: {registered}')
+        return names
+
+    def set_model_mode(self, mode="train", names=None):
+        for name in self.get_model_names(names):
+            self._models[name].train(mode == "train")
+
+    def update_lr(self, names=None):
+        for name in self.get_model_names(names):
+            if self._scheds[name] is not None:
+                self._scheds[name].step()
+
+    def get_current_lr(self, names=None):
+        name = self.get_model_names(names)[0]
+        return self._optims[name].param_groups[0]["lr"]
+
+    # ----- optimisation step ----------------------------------------------------------------------
+    def check_finite(self, loss, components=None):
+        """Stop with ``NonFiniteLossError`` (epoch, batch, loss components, a hint) if ``loss`` is NaN/inf."""
+        if torch.isfinite(loss).all():
+            return
+        epoch, batch = getattr(self, "epoch", 0), getattr(self, "batch_idx", 0)
+        where = f"epoch {epoch + 1}/{getattr(self, 'max_epoch', '?')}, batch {batch + 1}/{getattr(self, 'num_batches', '?')}"
+        lr = self.get_current_lr() if self._optims else None
+        raise NonFiniteLossError(
+            f"Loss is infinite or NaN! ({where}; loss {loss.detach().float().tolist()}; components: "
+            f"{_format_components(components)}). Training stopped; the last good checkpoint in "
+            f"{getattr(self, 'output_dir', '.')} is kept. Try fp32 precision (the trainer's PREC key) "
+            f"or a lower OPTIM.LR (now {lr})."
+        )
+
+    def detect_anomaly(self, loss):
+        self.check_finite(loss)
+
+    def model_zero_grad(self, names=None):
+        for name in self.get_model_names(names):
+            if self._optims[name] is not None:
+                self._optims[name].zero_grad()
+
+    def model_backward(self, loss, components=None):
+        self.check_finite(loss, components)
+        loss.backward()
+
+    def model_update(self, names=None):
+        for name in self.get_model_names(names):
+            if self._optims[name] is not None:
+                self._optims[name].step()
+
+    def model_backward_and_update(self, loss, names=None, components=None):
+        """zero_grad -> NaN guard -> backward -> optimizer step (``components``: loss parts for the message)."""
+        self.model_zero_grad(names)
+        self.model_backward(loss, components)
+        self.model_update(names)
+
+    # ----- TensorBoard (optional) -----------------------------------------------------------------
+    def init_writer(self, log_dir):
+        if self._writer is not None:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            print("TensorBoard is not installed: scalars are not written (pip install tensorboard)")
+            return
+        print(f"Initialize tensorboard (log_dir={log_dir})")
+        self._writer = SummaryWriter(log_dir=log_dir)
+
+    def close_writer(self):
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def write_scalar(self, tag, scalar_value, global_step=None):
+        if self._writer is not None:
+            self._writer.add_scalar(tag, scalar_value, global_step)
+
+    # ----- checkpoints ----------------------------------------------------------------------------
+    def checkpoint_state_dict(self, name):
+        """The tensors saved for registered model ``name`` (prompt trainers keep learnable ones only)."""
+        return self._models[name].state_dict()
+
+    def load_checkpoint_state_dict(self, name, state_dict):
+        """Load a saved ``state_dict`` into registered model ``name``."""
+        self._models[name].load_state_dict(state_dict)
+
+    def get_trainer_state(self):
+        """Everything besides models/optimizers/schedulers that exact resume needs.
+
+        Base: RNG states (python, numpy, torch, CUDA), ``best_result`` and the AMP ``GradScaler``.
+        Subclasses add their method state: ``state = super().get_trainer_state(); state["gpa"] = ...``.
+        Values must be tensors or plain Python values (checkpoints load with ``weights_only=True``).
+        """
+        state = {"rng": get_rng_state(), "best_result": float(getattr(self, "best_result", -np.inf))}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
+
+    def set_trainer_state(self, state):
+        """Restore what ``get_trainer_state`` returned (missing keys are left alone)."""
+        if "best_result" in state:
+            self.best_result = state["best_result"]
+        if "scaler" in state and self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        if "rng" in state:
+            set_rng_state(state["rng"])
+
+    def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
+        """Write one checkpoint per registered model after (0-based) ``epoch``."""
+        trainer_state = self.get_trainer_state()
+        for name in self.get_model_names():
+            optim, sched = self._optims[name], self._scheds[name]
+            state = {
+                "state_dict": self.checkpoint_state_dict(name),
+                "epoch": epoch + 1,
+                "optimizer": optim.state_dict() if optim is not None else None,
+                "scheduler": sched.state_dict() if sched is not None else None,
+                "val_result": val_result,
+                "trainer": self.cfg.TRAINER.NAME,
+                "trainer_state": trainer_state,
+            }
+            save_checkpoint(state, os.path.join(directory, name), is_best=is_best, model_name=model_name)
+
+    def _check_checkpoint_trainer(self, checkpoint, path):
+        saved_by = checkpoint.get("trainer")
+        if saved_by and saved_by != self.cfg.TRAINER.NAME:
+            raise CheckpointMismatchError(
+                f'{path} was saved by trainer "{saved_by}", but this run uses "{self.cfg.TRAINER.NAME}": '
+                f"pass --trainer {saved_by} (with its config) or a model dir of a {self.cfg.TRAINER.NAME} run"
+            )
+
+    def resume_model_if_exist(self, directory):
+        """Resume every registered model from its latest checkpoint in ``directory``; return the start epoch."""
+        names = self.get_model_names()
+        paths = [latest_checkpoint_path(os.path.join(directory, name)) for name in names]
+        if not names or any(p is None or not os.path.isfile(p) for p in paths):
+            print("No checkpoint found, train from scratch")
+            return 0
+        print(f"Found checkpoint at {directory} (will resume training)")
+        start_epoch, trainer_state = 0, None
+        for name, path in zip(names, paths):
+            print(f'Loading checkpoint from "{path}"')
+            checkpoint = load_checkpoint(path)
+            self._check_checkpoint_trainer(checkpoint, path)
+            self.load_checkpoint_state_dict(name, checkpoint["state_dict"])
+            if self._optims[name] is not None and checkpoint.get("optimizer") is not None:
+                self._optims[name].load_state_dict(checkpoint["optimizer"])
+            if self._scheds[name] is not None and checkpoint.get("scheduler") is not None:
+                self._scheds[name].load_state_dict(checkpoint["scheduler"])
+            start_epoch = checkpoint["epoch"]
+            trainer_state = trainer_state or checkpoint.get("trainer_state")
+        print(f"Previous epoch: {start_epoch}")
+        if trainer_state is not None:
+            self.set_trainer_state(trainer_state)
+        else:
+            print("Note: the checkpoint holds no trainer state (RNG, scaler): the resumed run is not bit-exact")
+        self.epochs_trained = start_epoch
+        return start_epoch
+
+    def _missing_model_message(self, directory, name, model_file):
+        model_path = os.path.join(directory, name, model_file)
+        if not os.path.isdir(directory):
+            return f"No model at {model_path}: the model directory {directory} does not exist"
+        if not os.path.isdir(os.path.join(directory, name)):
+            found = sorted(e for e in os.listdir(directory) if os.path.isfile(os.path.join(directory, e, "checkpoint")))
+            held = f"it holds checkpoints of {found} (another trainer?)" if found else "it holds no checkpoint"
+            return f"No model at {model_path}: {held}; {self.cfg.TRAINER.NAME} saves its model as '{name}'"
+        files = sorted(f for f in os.listdir(os.path.join(directory, name)) if f.startswith("model"))
+        hint = f"available: {files}; choose one with --load-epoch N" if files else "the folder holds no checkpoint"
+        return f"No model at {model_path}: {hint}"
+
+    def load_model(self, directory, epoch=None):
+        """Load ``model-best.pth.tar`` (``epoch`` None) or ``model.pth.tar-<epoch>`` for every model."""
+        if not directory:
+            print("Note that load_model() is skipped as no pretrained model is given")
+            return
+        model_file = BEST_NAME if epoch is None else checkpoint_name(epoch)
+        for name in self.get_model_names():
+            model_path = os.path.join(directory, name, model_file)
+            if not os.path.isfile(model_path):
+                raise CheckpointNotFoundError(self._missing_model_message(directory, name, model_file))
+            checkpoint = load_checkpoint(model_path)
+            self._check_checkpoint_trainer(checkpoint, model_path)
+            saved_epoch = checkpoint.get("epoch")
+            val_result = checkpoint.get("val_result")
+            shown = f"{val_result:.1f}" if isinstance(val_result, numbers.Real) else "None"
+            print(f"Load {model_path} to {name} (epoch={saved_epoch}, val_result={shown})")
+            self.load_checkpoint_state_dict(name, checkpoint["state_dict"])
+            if isinstance(saved_epoch, int):
+                self.epochs_trained = saved_epoch
+
+    # ----- the loop -------------------------------------------------------------------------------
+    def train(self, start_epoch, max_epoch):
+        """Generic loop; honours ``TRAIN.IF_EXISTS`` and holds the run lock of ``OUTPUT_DIR`` throughout."""
+        self.start_epoch, self.max_epoch = start_epoch, max_epoch
+        if output_dir_action(self.cfg) == "skip":
+            print(skip_message(self.output_dir))
+            return
+        with RunLock(self.output_dir):
+            self.before_train()
+            for self.epoch in range(self.start_epoch, self.max_epoch):
+                self.seed_data_order(self.epoch)
+                self.before_epoch()
+                self.run_epoch()
+                self.epochs_trained = self.epoch + 1
+                self.after_epoch()
+            self.after_train()
+
+    def seed_data_order(self, epoch):
+        """Make the training data order a function of (SEED, epoch), so a resumed run replays it."""
+
+    def before_train(self):
+        pass
+
+    def after_train(self):
+        pass
+
+    def before_epoch(self):
+        pass
+
+    def after_epoch(self):
+        pass
+
+    def run_epoch(self):
+        raise NotImplementedError
+
+    def test(self, split=None):
+        raise NotImplementedError
+
+    def parse_batch_train(self, batch):
+        raise NotImplementedError
+
+    def parse_batch_test(self, batch):
+        raise NotImplementedError
+
+    def forward_backward(self, batch):
+        raise NotImplementedError
+
+    def model_inference(self, input):
+        raise NotImplementedError
+
+
+class SimpleTrainer(TrainerBase):
+    """A trainer with one data manager, an evaluator, Dassl's before/after hooks and ``test()``."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.check_cfg(cfg)
+        if torch.cuda.is_available() and cfg.USE_CUDA:
+            self.device = torch.device("cuda")
+        else:
+            self.device = torch.device("cpu")
+        self.start_epoch = self.epoch = 0
+        self.max_epoch = cfg.OPTIM.MAX_EPOCH
+        self.output_dir = cfg.OUTPUT_DIR
+        self.cfg = cfg
+        self.build_data_loader()
+        self.build_model()
+        self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
+        self.best_result = -np.inf
+        self.train_seconds = None
+        self._training = False
+        self._test_records = OrderedDict()
+        self._code_version = None
+
+    def check_cfg(self, cfg):
+        """Validate the trainer's config node (e.g. ``PREC``); called first in ``__init__``."""
+
+    def build_data_loader(self):
+        """``self.dm`` and its loaders (data is built before the model: trainers read class names)."""
+        from dpl.data import DataManager  # imported here: the engine must import without the data stack
+
+        dm = DataManager(self.cfg)
+        self.train_loader_x = dm.train_loader_x
+        self.train_loader_u = dm.train_loader_u
+        self.val_loader = dm.val_loader
+        self.test_loader = dm.test_loader
+        self.num_classes = dm.num_classes
+        self.num_source_domains = dm.num_source_domains
+        self.lab2cname = dm.lab2cname
+        self.dm = dm
+
+    def build_model(self):
+        """Build ``self.model`` (and optimizer/scheduler) and ``register_model`` it."""
+        raise NotImplementedError(f"{type(self).__name__} must implement build_model()")
+
+    def seed_data_order(self, epoch):
+        """Re-seed the training loader from (SEED, epoch) through ``DataManager.set_epoch``.
+
+        Loaders a trainer built itself are re-seeded when they carry a ``torch.Generator``.
+        """
+        if self.cfg.SEED < 0:
+            return
+        dm = getattr(self, "dm", None)
+        if dm is not None and getattr(dm, "train_loader_x", None) is self.train_loader_x and hasattr(dm, "set_epoch"):
+            dm.set_epoch(epoch)
+            return
+        generator = getattr(self.train_loader_x, "generator", None)
+        if isinstance(generator, torch.Generator):
+            from dpl.data import epoch_seed
+
+            generator.manual_seed(epoch_seed(self.cfg.SEED, epoch))
+
+    def before_train(self):
+        directory = self.cfg.RESUME or self.output_dir
+        self.start_epoch = self.resume_model_if_exist(directory)
+        self.init_writer(os.path.join(self.output_dir, "tensorboard"))
+        self.time_start = time.time()
+        self._training = True
+
+    def after_train(self):
+        print("Finish training")
+        self._training = False
+        self.train_seconds = time.time() - self.time_start
+        if not self.cfg.TEST.NO_TEST:
+            if self.cfg.TEST.FINAL_MODEL == "best_val":
+                print("Deploy the model with the best val performance")
+                self.load_model(self.output_dir)
+            else:
+                print("Deploy the last-epoch model")
+            self.test()
+        elapsed = round(time.time() - self.time_start)
+        print(f"Elapsed: {datetime.timedelta(seconds=elapsed)}")
+        self.close_writer()
+
+    def after_epoch(self):
+        last_epoch = (self.epoch + 1) == self.max_epoch
+        do_test = not self.cfg.TEST.NO_TEST
+        freq = self.cfg.TRAIN.CHECKPOINT_FREQ
+        meet_checkpoint_freq = (self.epoch + 1) % freq == 0 if freq > 0 else False
+        if do_test and self.cfg.TEST.FINAL_MODEL == "best_val":
+            curr_result = self.test(split="val")
+            if curr_result > self.best_result:
+                self.best_result = curr_result
+                self.save_model(self.epoch, self.output_dir, val_result=curr_result, model_name=BEST_NAME)
+        if meet_checkpoint_freq or last_epoch:
+            self.save_model(self.epoch, self.output_dir)
+
+    @torch.no_grad()
+    def test(self, split=None):
+        """Evaluate on ``split`` (``TEST.SPLIT`` by default; val falls back to test); return the accuracy."""
+        self.set_model_mode("eval")
+        self.evaluator.reset()
+        if split is None:
+            split = self.cfg.TEST.SPLIT
+        if split == "val" and self.val_loader is not None:
+            data_loader = self.val_loader
+        else:
+            split = "test"
+            data_loader = self.test_loader
+        print(f"Evaluate on the *{split}* set")
+        start = time.time()
+        for batch in data_loader:
+            input, label = self.parse_batch_test(batch)
+            output = self.model_inference(input)
+            self.evaluator.process(output, label)
+        results = self.evaluator.evaluate()
+        for k, v in results.items():
+            if isinstance(v, numbers.Real):
+                self.write_scalar(f"{split}/{k}", v, self.epoch)
+        self.write_results(split, results, time.time() - start)
+        return list(results.values())[0]
+
+    def write_results(self, split, results, test_seconds):
+        """Record this test and rewrite ``OUTPUT_DIR/results.json`` atomically (schema: dpl.engine.results)."""
+        if self._code_version is None:
+            self._code_version = results_json.code_version()
+        self._test_records[split] = results_json.test_record(
+            split,
+            results,
+            num_samples=getattr(self.evaluator, "num_samples", None),
+            num_correct=getattr(self.evaluator, "num_correct", None),
+            epoch=self.epochs_trained,
+            finished=not self._training,
+            test_seconds=test_seconds,
+        )
+        doc = results_json.build_results(
+            self.cfg, dict(self._test_records), split, self.device, self._code_version, self.train_seconds
+        )
+        write_json(doc, results_json.results_path(self.output_dir))
+
+    def parse_batch_test(self, batch):
+        return batch["img"].to(self.device), batch["label"].to(self.device)
+
+    def model_inference(self, input):
+        return self.model(input)
+
+
+class TrainerX(SimpleTrainer):
+    """A trainer over labelled data ``train_loader_x`` (the base class of every prompt trainer)."""
+
+    def train(self):
+        super().train(self.start_epoch, self.max_epoch)
+
+    def run_epoch(self):
+        self.set_model_mode("train")
+        losses = MetricMeter()
+        batch_time = AverageMeter()
+        data_time = AverageMeter()
+        self.num_batches = len(self.train_loader_x)
+        print_freq = self.cfg.TRAIN.PRINT_FREQ
+        end = time.time()
+        for self.batch_idx, batch in enumerate(self.train_loader_x):
+            data_time.update(time.time() - end)
+            loss_summary = self.forward_backward(batch)
+            batch_time.update(time.time() - end)
+            losses.update(loss_summary)
+            if (self.batch_idx + 1) % print_freq == 0 or self.num_batches < print_freq:
+                print(self.progress_line(batch_time, data_time, losses))
+            n_iter = self.epoch * self.num_batches + self.batch_idx
+            for name, meter in losses.meters.items():
+                self.write_scalar("train/" + name, meter.avg, n_iter)
+            self.write_scalar("train/lr", self.get_current_lr(), n_iter)
+            end = time.time()
+
+    def progress_line(self, batch_time, data_time, losses):
+        """``epoch [3/10] batch [20/50] time ... data ... <losses> lr 1.9823e-03 eta 0:01:23``."""
+        remaining = self.num_batches - self.batch_idx - 1 + (self.max_epoch - self.epoch - 1) * self.num_batches
+        eta = datetime.timedelta(seconds=int(batch_time.avg * remaining))
+        parts = [
+            f"epoch [{self.epoch + 1}/{self.max_epoch}]",
+            f"batch [{self.batch_idx + 1}/{self.num_batches}]",
+            f"time {batch_time.val:.3f} ({batch_time.avg:.3f})",
+            f"data {data_time.val:.3f} ({data_time.avg:.3f})",
+            f"{losses}",
+        ]
+        if self._optims:
+            parts.append(f"lr {self.get_current_lr():.4e}")
+        parts.append(f"eta {eta}")
+        return " ".join(parts)
+
+    def parse_batch_train(self, batch):
+        input = batch["img"].to(self.device)
+        label = batch["label"].to(self.device)
+        domain = batch["domain"].to(self.device)
+        return input, label, domain
