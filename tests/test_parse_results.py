@@ -1,0 +1,335 @@
+"""parse_results.py on fixture logs in the exact upstream formats and on our results.json.
+
+Fixture logs (tests/fixtures/logs/upstream/):
+  dassl063/   Dassl 0.6.3 train logs: `Finish training`, 1-decimal `* accuracy: 81.8%`, a mid-training val
+              result before the end signal (must be ignored)
+  old_fork/   the older Dassl fork: `Finished training`, `Do evaluation on test set`, 2 decimals
+  resumed/    seed2 was killed (log.txt without an end signal) and resumed into log.txt-2023-05-01-12-00-00
+  eval_only/  --eval-only logs (`=> result` only), need --test-log in upstream mode
+"""
+import csv
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures" / "logs" / "upstream"
+sys.path.insert(0, str(REPO))
+import parse_results  # noqa: E402
+
+
+def run_cli(*argv):
+    """(exit code, stdout, stderr) of parse_results.main in-process."""
+    out, err = io.StringIO(), io.StringIO()
+    old_err, sys.stderr = sys.stderr, err
+    try:
+        code = parse_results.main([str(a) for a in argv], out=out)
+    finally:
+        sys.stderr = old_err
+    return code, out.getvalue(), err.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------
+# Upstream mode: CoOp's parse_test_res.py output, to the digit
+# ---------------------------------------------------------------------------------------------
+
+
+def test_dassl063_logs_summary_matches_upstream_format():
+    code, out, _ = run_cli(FIXTURES / "dassl063")
+    assert code == 0
+    d = FIXTURES / "dassl063"
+    assert out.splitlines() == [
+        f"Parsing files in {d}",
+        f"file: {d}/seed1/log.txt. accuracy: 81.80%. ",
+        f"file: {d}/seed2/log.txt. accuracy: 81.50%. ",
+        f"file: {d}/seed3/log.txt. accuracy: 82.10%. ",
+        "===",
+        f"Summary of directory: {d}",
+        "* accuracy: 81.80% +- 0.24%",  # population std (np.std); the sample std would be 0.30
+        "===",
+    ]
+
+
+def test_old_fork_logs_finished_training_and_two_decimals():
+    code, out, _ = run_cli(FIXTURES / "old_fork")
+    assert code == 0
+    assert "accuracy: 81.67%. " in out
+    assert "* accuracy: 81.73% +- 0.05%" in out
+
+
+def test_ci95():
+    code, out, _ = run_cli(FIXTURES / "dassl063", "--ci95")
+    assert code == 0
+    assert "* accuracy: 81.80% +- 0.28%" in out  # 1.96 * 0.2449 / sqrt(3)
+
+
+def test_keyword_macro_f1():
+    code, out, _ = run_cli(FIXTURES / "dassl063", "--keyword", "macro_f1")
+    assert code == 0
+    assert "* macro_f1: 81.50% +- 0.24%" in out
+
+
+def test_resumed_seed_read_from_timestamped_log():
+    code, out, _ = run_cli(FIXTURES / "resumed")
+    assert code == 0
+    d = FIXTURES / "resumed"
+    assert f"file: {d}/seed2/log.txt-2023-05-01-12-00-00. accuracy: 79.90%. " in out
+    assert "* accuracy: 80.17% +- 0.21%" in out  # all three seeds, not just seeds 1 and 3
+
+
+def test_eval_only_logs_need_test_log():
+    code, out, err = run_cli(FIXTURES / "eval_only")
+    assert code == 1
+    assert "eval-only logs need --test-log" in out
+    assert "nothing found" in err
+    code, out, _ = run_cli(FIXTURES / "eval_only", "--test-log")
+    assert code == 0
+    assert "* accuracy: 75.43% +- 0.45%" in out
+
+
+def test_multi_exp_average():
+    code, out, _ = run_cli(FIXTURES, "--multi-exp")
+    assert code == 0
+    assert out.count("Summary of directory:") == 3  # eval_only has no training end signal: listed, skipped
+    assert out.splitlines()[-2:] == ["Average performance", "* accuracy: 81.23%"]  # (81.80 + 81.73 + 80.17) / 3
+
+
+def test_parse_log_last_match_after_end_signal_wins(tmp_path):
+    log = tmp_path / "log.txt"
+    log.write_text(
+        "=> result\n* accuracy: 10.0%\nFinish training\n=> result\n* accuracy: 20.0%\n"
+        "=> result\n* accuracy: 30.5%\n* error: 69.5%\n"
+    )
+    assert parse_results.parse_log(log, "accuracy", parse_results.TRAIN_END_SIGNALS) == 30.5
+    assert parse_results.parse_log(log, "accuracy", (parse_results.TEST_END_SIGNAL,)) == 30.5
+    log.write_text("=> result\n* accuracy: 10.0%\n")
+    assert parse_results.parse_log(log, "accuracy", parse_results.TRAIN_END_SIGNALS) is None
+
+
+def test_stray_entries_are_listed_not_fatal_and_strict_fails(tmp_path):
+    d = tmp_path / "exp"
+    shutil.copytree(FIXTURES / "dassl063", d)
+    (d / "notes.txt").write_text("hello")
+    (d / "seed4").mkdir()  # started, nothing logged yet
+    code, out, _ = run_cli(d)
+    assert code == 0
+    assert f"skipped: {d}/notes.txt: not a run folder" in out
+    assert f"skipped: {d}/seed4: no results.json and no log.txt" in out
+    assert "* accuracy: 81.80% +- 0.24%" in out
+    code, _, err = run_cli(d, "--strict")
+    assert code == 1 and "--strict" in err
+
+
+def write_results_json(run_dir, accuracy, split="test", finished=True, groups=None):
+    """A results.json in the engine's schema (dpl.engine.results, schema_version 1)."""
+    record = {"split": split, "finished": finished, "epoch": 1, "accuracy": accuracy,
+              "error_rate": 100 - accuracy, "macro_f1": accuracy - 1, "num_samples": 100, "num_correct": 50}
+    if groups:
+        record["group_accuracy"] = groups
+    doc = {"schema_version": 1, **record, "trainer": "DropoutPrompt", "tests": {split: record}}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "results.json").write_text(json.dumps(doc))
+
+
+def test_results_json_preferred_over_log_and_unfinished_ignored(tmp_path):
+    run = tmp_path / "seed1"
+    shutil.copytree(FIXTURES / "dassl063" / "seed1", run)
+    write_results_json(run, 55.5)
+    result = parse_results.parse_run(run)
+    assert result.source == str(run / "results.json") and result.metrics["accuracy"] == 55.5
+    write_results_json(run, 55.5, split="val", finished=False)  # a mid-training val test: not a result
+    result = parse_results.parse_run(run)
+    assert result.source == str(run / "log.txt") and result.metrics["accuracy"] == 81.8
+    assert parse_results.parse_run(run, use_json=False).metrics["accuracy"] == 81.8
+
+
+def test_run_status_for_scripts(tmp_path):
+    assert run_cli("--run-status", FIXTURES / "dassl063" / "seed1")[0] == 0
+    assert run_cli("--run-status", FIXTURES / "eval_only" / "seed1")[0] == 0  # auto: eval-only log
+    code, out, _ = run_cli("--run-status", FIXTURES / "resumed" / "seed2")
+    assert code == 0 and "log.txt-2023-05-01-12-00-00" in out
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    shutil.copy(FIXTURES / "resumed" / "seed2" / "log.txt", killed / "log.txt")
+    assert run_cli("--run-status", killed)[0] == 3
+    assert run_cli("--run-status", tmp_path / "absent")[0] == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# Protocol tables
+# ---------------------------------------------------------------------------------------------
+
+TRAIN_LOG = (FIXTURES / "dassl063" / "seed1" / "log.txt").read_text()
+EVAL_LOG = (FIXTURES / "eval_only" / "seed1" / "log.txt").read_text()
+FINAL_ACCURACY = re.compile(r"\* accuracy: [\d.]+%(?![\s\S]*\* accuracy:)")
+
+
+def write_log(run_dir, template, accuracy):
+    """An upstream log whose final `* accuracy` line says ``accuracy``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "log.txt").write_text(FINAL_ACCURACY.sub(f"* accuracy: {accuracy:.1f}%", template))
+
+
+def run_dir(root, part, dataset, trainer, cfg, seed):
+    return root / part / dataset / "shots_16" / trainer / cfg / f"seed{seed}"
+
+
+COOP = ("CoOp", "vit_b16_ep50_ctxv1")
+DPL = ("DropoutPrompt", "vit_b16_c2_ep20_batch4_4+4ctx")
+# (trainer, dataset) -> (base per seed, new per seed); None = run missing
+NUMBERS = {
+    (COOP, "dtd"): ([80.0, 81.0, 82.0], [60.0, 62.0, 61.0]),
+    (COOP, "eurosat"): ([90.5, 91.5, 92.5], [70.0, 72.0, None]),
+    (DPL, "dtd"): ([84.1, 83.9, 84.3], [66.2, 66.8, 66.5]),
+    (DPL, "eurosat"): ([95.0, 95.4, 95.2], [80.0, 81.5, 80.9]),
+}
+
+
+@pytest.fixture
+def base2new_tree(tmp_path):
+    """CoOp as upstream Dassl logs, DropoutPrompt as results.json (+ a misleading log it must not use)."""
+    root = tmp_path / "base2new"
+    for ((trainer, cfg), dataset), (base, new) in NUMBERS.items():
+        for seed, (b, n) in enumerate(zip(base, new), start=1):
+            train = run_dir(root, "train_base", dataset, trainer, cfg, seed)
+            test = run_dir(root, "test_new", dataset, trainer, cfg, seed)
+            if trainer == "CoOp":
+                write_log(train, TRAIN_LOG, b)
+                if n is not None:
+                    write_log(test, EVAL_LOG, n)
+            else:
+                write_log(train, TRAIN_LOG, 1.0)
+                write_results_json(train, b, groups={"many": b + 1, "medium": b, "few": b - 3})
+                write_results_json(test, n)
+    (root / "train_base" / "dtd" / "notes.txt").write_text("stray")
+    return root
+
+
+def test_base2new_text_table_numbers(base2new_tree):
+    code, out, _ = run_cli("--protocol", "base2new", base2new_tree)
+    assert code == 0, out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.split()[:1] in (["dtd"], ["eurosat"], ["Average"])}
+    # columns: CoOp Base, New, HM, then DropoutPrompt Base, New, HM
+    assert re.search(r"dtd\s+81\.00 ± 0\.82\s+61\.00 ± 0\.82\s+69\.59\s+84\.10 ± 0\.16\s+66\.50 ± 0\.24\s+74\.27",
+                     rows["dtd"]), rows["dtd"]
+    assert re.search(r"eurosat\s+91\.50 ± 0\.82\s+71\.00 ± 1\.00 \(2/3\)\s+79\.96\s+95\.20 ± 0\.16\s+80\.80 ± 0\.62\s+87\.41",
+                     rows["eurosat"]), rows["eurosat"]
+    # average row: HM of the dataset-averaged Base and New (not the mean of the HMs)
+    assert re.search(r"Average\s+86\.25\s+66\.00\s+74\.78\s+89\.65\s+73\.65\s+80\.87", rows["Average"]), rows["Average"]
+    assert "CoOp eurosat new seed3: run missing" in out
+    assert "notes.txt" in out  # stray listed
+
+
+def test_base2new_strict_fails_on_missing_seed(base2new_tree):
+    code, out, err = run_cli("--protocol", "base2new", base2new_tree, "--strict")
+    assert code == 1 and out == ""
+    assert "CoOp eurosat new seed3" in err
+
+
+def test_base2new_demanded_seeds_reported(base2new_tree):
+    code, out, _ = run_cli("--protocol", "base2new", "--root", base2new_tree, "--seeds", "1", "2", "3", "4")
+    assert code == 0
+    assert "84.10 ± 0.16 (3/4)" in out
+    assert "DropoutPrompt dtd base seed4: run missing" in out
+
+
+def test_base2new_markdown_csv_json_parse(base2new_tree):
+    code, md, _ = run_cli("--protocol", "base2new", base2new_tree, "--format", "markdown")
+    assert code == 0
+    table = [line for line in md.splitlines() if line.startswith("|")]
+    assert table[0].split("|")[1].strip() == "Dataset" and len(table) == 2 + 3  # header, rule, 2 datasets + avg
+    assert all(line.count("|") == table[0].count("|") for line in table)
+
+    code, text, _ = run_cli("--protocol", "base2new", base2new_tree, "--format", "csv")
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(text)))
+    hm = [r for r in rows if r["Dataset"] == "dtd" and r["group"] == "CoOp" and r["column"] == "HM"]
+    assert float(hm[0]["mean"]) == pytest.approx(2 * 81 * 61 / 142)
+    base = [r for r in rows if r["Dataset"] == "eurosat" and r["group"] == "CoOp" and r["column"] == "New"][0]
+    assert (base["n"], base["expected"], base["values"]) == ("2", "3", "seed1=70.0;seed2=72.0")
+
+    code, text, _ = run_cli("--protocol", "base2new", base2new_tree, "--format", "json")
+    doc = json.loads(text)
+    dtd = next(r for r in doc["rows"] if r["Dataset"] == "dtd")
+    cell = next(c for c in dtd["cells"] if c["group"] == "DropoutPrompt" and c["column"] == "New")
+    assert cell["mean"] == pytest.approx(66.5) and cell["std"] == pytest.approx(0.2449, abs=1e-4)
+    assert doc["missing"] == ["CoOp eurosat new seed3: run missing"]
+
+
+def test_longtail_group_columns(base2new_tree):
+    code, out, _ = run_cli("--protocol", "longtail", base2new_tree, "--format", "json")
+    assert code == 0
+    dtd = next(r for r in json.loads(out)["rows"] if r["Dataset"] == "dtd")
+    cells = {(c["group"], c["column"]): c for c in dtd["cells"]}
+    assert cells[("DropoutPrompt", "Many")]["mean"] == pytest.approx(85.1)
+    assert cells[("DropoutPrompt", "Few")]["mean"] == pytest.approx(81.1)
+    assert "mean" not in cells[("CoOp", "Many")]  # logs carry no group accuracy
+
+
+def write_xd_tree(root):
+    """Training on ImageNet + evaluations on 2 cross-dataset and 1 DG target, 2 seeds; one ZS model."""
+    tag = "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets_16shots"
+    for seed, (src, dtd, euro, v2) in enumerate([(72.0, 45.0, 40.0, 64.0), (71.0, 47.0, 44.0, 65.0)], start=1):
+        write_log(root / "imagenet" / "PromptSRC" / tag / f"seed{seed}", TRAIN_LOG, src)
+        for dataset, acc in (("dtd", dtd), ("eurosat", euro), ("imagenetv2", v2)):
+            write_log(root / "evaluation" / "PromptSRC" / tag / dataset / f"seed{seed}", EVAL_LOG, acc)
+    for dataset, acc in (("imagenet", 66.7), ("dtd", 44.4), ("eurosat", 48.1), ("imagenetv2", 60.8)):
+        write_results_json(root / "evaluation" / "ZeroshotCLIP" / "vit_b16" / dataset / "seed1", acc)
+
+
+def test_crossdataset_and_dg_tables(tmp_path):
+    write_xd_tree(tmp_path)
+    code, out, _ = run_cli("--protocol", "xd", tmp_path, "--format", "json")
+    assert code == 0, out
+    doc = json.loads(out)
+    rows = {r["Method"]: {c["column"]: c.get("mean") for c in r["cells"]} for r in doc["rows"]}
+    assert list(rows["PromptSRC"]) == ["imagenet", "dtd", "eurosat", "Average"]  # DG targets not here
+    assert rows["PromptSRC"]["imagenet"] == pytest.approx(71.5)
+    assert rows["PromptSRC"]["Average"] == pytest.approx((46.0 + 42.0) / 2)
+    assert rows["ZeroshotCLIP"]["imagenet"] == pytest.approx(66.7)  # source from its evaluation run
+    assert doc["missing"] == []
+    code, out, _ = run_cli("--protocol", "dg", tmp_path)
+    assert code == 0
+    line = next(line for line in out.splitlines() if line.startswith("PromptSRC"))
+    assert re.search(r"71\.50 ± 0\.50\s+64\.50 ± 0\.50\s+64\.50", line), line
+
+
+def test_fewshot_table(tmp_path):
+    for shots, accs in ((1, [50.0, 52.0, 54.0]), (4, [60.0, 61.0, 62.0])):
+        for seed, acc in enumerate(accs, start=1):
+            write_log(tmp_path / "dtd" / "CoOp" / f"vit_b16_ep50_{shots}shots" / f"seed{seed}", TRAIN_LOG, acc)
+    code, out, _ = run_cli("--protocol", "fewshot", tmp_path)
+    assert code == 0, out
+    assert re.search(r"CoOp\s+1\s+52\.00 ± 1\.63\s+52\.00", out)
+    assert re.search(r"CoOp\s+4\s+61\.00 ± 0\.82\s+61\.00", out)
+
+
+def test_plot_without_matplotlib_is_one_clear_error(base2new_tree, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
+    code, out, err = run_cli("--protocol", "base2new", base2new_tree, "--plot", tmp_path / "plots")
+    assert code == 1 and "needs matplotlib" in err
+
+
+def test_plots_written(base2new_tree, tmp_path):
+    pytest.importorskip("matplotlib")
+    code, _, _ = run_cli("--protocol", "base2new", base2new_tree, "--plot", tmp_path / "plots")
+    assert code == 0
+    names = sorted(p.name for p in (tmp_path / "plots").iterdir())
+    assert names == ["base2new_Average.png", "base2new_dtd.png", "base2new_eurosat.png"]
+
+
+def test_missing_root_is_one_line_error(tmp_path):
+    code, _, err = run_cli("--protocol", "base2new", tmp_path)
+    assert code == 1 and err.startswith("error: no train_base/")
+
+
+def test_command_line_entry_point():
+    proc = subprocess.run([sys.executable, str(REPO / "parse_results.py"), str(FIXTURES / "old_fork")],
+                          capture_output=True, text=True, cwd=str(REPO.parent))
+    assert proc.returncode == 0 and "* accuracy: 81.73% +- 0.05%" in proc.stdout
