@@ -1,0 +1,211 @@
+"""``DataManager``, ``DatasetWrapper`` and ``build_data_loader`` (Dassl's ``dassl.data.data_manager``).
+
+Determinism (for exact resume): the training loader draws its order and its workers' seeds from its
+own ``torch.Generator``. Call ``DataManager.set_epoch(epoch, seed)`` at the start of every epoch: it
+re-seeds that generator from ``(seed, epoch)`` alone, so epoch ``e`` sees the same batches whether the
+run started at epoch 0 or resumed at ``e``. Workers seed Python's ``random`` and NumPy from their torch
+seed (``worker_init_fn``), so random augmentations follow too.
+"""
+import hashlib
+import random
+
+import numpy as np
+import torch
+from PIL import Image
+from tabulate import tabulate
+from torch.utils.data import DataLoader, Dataset as TorchDataset
+from torchvision import transforms as T
+
+from .datasets import build_dataset
+from .samplers import build_sampler
+from .transforms import build_transform, interpolation_mode
+
+
+def epoch_seed(seed, epoch):
+    """A 63-bit seed that depends only on ``(seed, epoch)``."""
+    digest = hashlib.sha256(f"dpl-train-loader:{seed}:{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def seed_worker(worker_id):
+    """``worker_init_fn``: seed ``random`` and NumPy from the worker's torch seed (base seed + id)."""
+    worker_seed = torch.initial_seed() % 2**32
+    random.seed(worker_seed)
+    np.random.seed(worker_seed)
+
+
+def read_image(path):
+    """An RGB PIL image; an error naming the file when it is missing or unreadable."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"Image file not found: {path}") from err
+    except OSError as err:
+        raise OSError(f"Cannot read image {path}: {err}") from err
+
+
+def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, batch_size=64, n_domain=0,
+                      n_ins=2, tfm=None, is_train=True, dataset_wrapper=None, generator=None):
+    """A ``DataLoader`` over ``dataset_wrapper(cfg, data_source, transform=tfm, is_train=is_train)``.
+
+    ``drop_last`` only for training sets holding at least one full batch (Dassl). ``generator`` (train
+    loader) drives the sampler and the workers' base seed.
+    """
+    if not data_source:
+        raise ValueError(
+            f"Cannot build a {'training' if is_train else 'evaluation'} data loader: the split is empty "
+            f"(dataset {cfg.DATASET.NAME}, DATASET.NUM_SHOTS={cfg.DATASET.NUM_SHOTS}, "
+            f"SUBSAMPLE_CLASSES={cfg.DATASET.SUBSAMPLE_CLASSES}). Check DATASET.ROOT or run "
+            "`python -m dpl.tools.check_data --root DATA`."
+        )
+    sampler = build_sampler(sampler_type, cfg=cfg, data_source=data_source, batch_size=batch_size,
+                            n_domain=n_domain, n_ins=n_ins, generator=generator)
+    wrapper = dataset_wrapper or DatasetWrapper
+    num_workers = cfg.DATALOADER.NUM_WORKERS
+    return DataLoader(
+        wrapper(cfg, data_source, transform=tfm, is_train=is_train),
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=is_train and len(data_source) >= batch_size,
+        pin_memory=cfg.USE_CUDA and torch.cuda.is_available(),
+        worker_init_fn=seed_worker if num_workers > 0 else None,
+        generator=generator,
+    )
+
+
+class DataManager:
+    """Dataset + loaders (``train_loader_x``, ``train_loader_u``, ``val_loader``, ``test_loader``).
+
+    Call :meth:`set_epoch` at the start of each epoch for a training order that depends only on
+    ``(seed, epoch)``.
+    """
+
+    def __init__(self, cfg, custom_tfm_train=None, custom_tfm_test=None, dataset_wrapper=None):
+        self.cfg = cfg
+        dataset = build_dataset(cfg)
+        tfm_train = self._transform(cfg, custom_tfm_train, is_train=True)
+        tfm_test = self._transform(cfg, custom_tfm_test, is_train=False)
+        dl = cfg.DATALOADER
+        self.train_generator = torch.Generator()
+        self.train_generator.manual_seed(epoch_seed(cfg.SEED, 0) if cfg.SEED >= 0 else torch.seed())
+
+        self.train_loader_x = build_data_loader(
+            cfg, sampler_type=dl.TRAIN_X.SAMPLER, data_source=dataset.train_x, batch_size=dl.TRAIN_X.BATCH_SIZE,
+            n_domain=dl.TRAIN_X.N_DOMAIN, n_ins=dl.TRAIN_X.N_INS, tfm=tfm_train, is_train=True,
+            dataset_wrapper=dataset_wrapper, generator=self.train_generator)
+        self.train_loader_u = None
+        if dataset.train_u:
+            u = dl.TRAIN_X if dl.TRAIN_U.SAME_AS_X else dl.TRAIN_U
+            self.train_loader_u = build_data_loader(
+                cfg, sampler_type=u.SAMPLER, data_source=dataset.train_u, batch_size=u.BATCH_SIZE,
+                n_domain=u.N_DOMAIN, n_ins=u.N_INS, tfm=tfm_train, is_train=True,
+                dataset_wrapper=dataset_wrapper, generator=self.train_generator)
+        self.val_loader = None
+        if dataset.val:
+            self.val_loader = self._eval_loader(cfg, dataset.val, tfm_test, dataset_wrapper)
+        self.test_loader = self._eval_loader(cfg, dataset.test, tfm_test, dataset_wrapper)
+
+        self._num_classes = dataset.num_classes
+        self._num_source_domains = len(cfg.DATASET.SOURCE_DOMAINS)
+        self._lab2cname = dataset.lab2cname
+        self.dataset = dataset
+        self.tfm_train = tfm_train
+        self.tfm_test = tfm_test
+        if cfg.VERBOSE:
+            self.show_dataset_summary(cfg)
+
+    @staticmethod
+    def _transform(cfg, custom, is_train):
+        if custom is None:
+            return build_transform(cfg, is_train=is_train)
+        print(f"* Using custom transform for {'training' if is_train else 'testing'}")
+        return custom
+
+    @staticmethod
+    def _eval_loader(cfg, data_source, tfm, dataset_wrapper):
+        # Its own generator: iterating it must not consume the global torch RNG (the training
+        # randomness after an evaluation would otherwise depend on how often one evaluated).
+        return build_data_loader(cfg, sampler_type=cfg.DATALOADER.TEST.SAMPLER, data_source=data_source,
+                                 batch_size=cfg.DATALOADER.TEST.BATCH_SIZE, tfm=tfm, is_train=False,
+                                 dataset_wrapper=dataset_wrapper, generator=torch.Generator().manual_seed(0))
+
+    def set_epoch(self, epoch, seed=None):
+        """Re-seed the training order (and the workers' seeds) from ``(seed, epoch)``; ``seed`` defaults
+        to ``cfg.SEED``. With a negative seed the order stays unseeded."""
+        seed = self.cfg.SEED if seed is None else seed
+        if seed >= 0:
+            self.train_generator.manual_seed(epoch_seed(seed, epoch))
+
+    @property
+    def num_classes(self):
+        return self._num_classes
+
+    @property
+    def num_source_domains(self):
+        return self._num_source_domains
+
+    @property
+    def lab2cname(self):
+        return self._lab2cname
+
+    def show_dataset_summary(self, cfg):
+        table = [["Dataset", cfg.DATASET.NAME]]
+        if cfg.DATASET.SOURCE_DOMAINS:
+            table.append(["Source", cfg.DATASET.SOURCE_DOMAINS])
+        if cfg.DATASET.TARGET_DOMAINS:
+            table.append(["Target", cfg.DATASET.TARGET_DOMAINS])
+        table.append(["# classes", f"{self.num_classes:,}"])
+        table.append(["# train_x", f"{len(self.dataset.train_x):,}"])
+        if self.dataset.train_u:
+            table.append(["# train_u", f"{len(self.dataset.train_u):,}"])
+        if self.dataset.val:
+            table.append(["# val", f"{len(self.dataset.val):,}"])
+        table.append(["# test", f"{len(self.dataset.test):,}"])
+        print(tabulate(table))
+
+
+class DatasetWrapper(TorchDataset):
+    """Items as dicts ``{"label", "domain", "impath", "index", "img"}`` (Dassl's keys).
+
+    A list of transforms gives ``img``, ``img2``, ...; ``DATALOADER.K_TRANSFORMS > 1`` (training) gives
+    a list of K views per key; ``DATALOADER.RETURN_IMG0`` adds ``img0`` (resized, not augmented).
+    """
+
+    def __init__(self, cfg, data_source, transform=None, is_train=False):
+        self.cfg = cfg
+        self.data_source = data_source
+        self.transform = transform
+        self.is_train = is_train
+        self.k_tfm = cfg.DATALOADER.K_TRANSFORMS if is_train else 1
+        self.return_img0 = cfg.DATALOADER.RETURN_IMG0
+        if self.k_tfm > 1 and transform is None:
+            raise ValueError(f"DATALOADER.K_TRANSFORMS = {self.k_tfm} needs a transform to apply K times")
+        img0 = [T.Resize(tuple(cfg.INPUT.SIZE), interpolation=interpolation_mode(cfg.INPUT.INTERPOLATION)),
+                T.ToTensor()]
+        if "normalize" in cfg.INPUT.TRANSFORMS:
+            img0.append(T.Normalize(mean=cfg.INPUT.PIXEL_MEAN, std=cfg.INPUT.PIXEL_STD))
+        self.to_tensor = T.Compose(img0)
+
+    def __len__(self):
+        return len(self.data_source)
+
+    def __getitem__(self, idx):
+        item = self.data_source[idx]
+        output = {"label": item.label, "domain": item.domain, "impath": item.impath, "index": idx}
+        img0 = read_image(item.impath)
+        if self.transform is None:
+            output["img"] = img0
+        elif isinstance(self.transform, (list, tuple)):
+            for i, tfm in enumerate(self.transform):
+                output["img" if i == 0 else f"img{i + 1}"] = self._apply(tfm, img0)
+        else:
+            output["img"] = self._apply(self.transform, img0)
+        if self.return_img0:
+            output["img0"] = self.to_tensor(img0)
+        return output
+
+    def _apply(self, tfm, img0):
+        views = [tfm(img0) for _ in range(self.k_tfm)]
+        return views[0] if len(views) == 1 else views

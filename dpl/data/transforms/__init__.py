@@ -1,0 +1,4 @@
+"""Image transforms (Dassl's ``dassl.data.transforms``): ``build_transform(cfg, is_train)``."""
+from .transforms import AVAILABLE_TRANSFORMS, INTERPOLATION_MODES, build_transform, interpolation_mode
+
+__all__ = ["build_transform", "AVAILABLE_TRANSFORMS", "INTERPOLATION_MODES", "interpolation_mode"]
