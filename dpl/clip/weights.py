@@ -24,6 +24,7 @@ POCKET_NAME = "pocket"
 POCKET_PATH = Path(__file__).resolve().parent / "assets" / "pocket_clip.pt"
 DOWNLOAD_TIMEOUT_S = 60
 _CHUNK_BYTES = 1 << 20
+_METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")  # non-weight entries of OpenAI archives
 
 
 def clip_cache_dir():
@@ -161,11 +162,14 @@ def load_clip(name, path="", device="cpu"):
     weights = resolve_clip_weights(name, path)
     state_dict = read_clip_state_dict(weights)
     try:
-        model = clip.model.build_model(state_dict)
+        model = clip.model.build_model(dict(state_dict))  # build_model deletes metadata keys of its argument
     except (KeyError, RuntimeError, AssertionError) as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
         raise ValueError(
-            f"{weights} is not a CLIP state dict that clip.model.build_model accepts "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+            f"{weights} is not a CLIP state dict that clip.model.build_model accepts ({type(exc).__name__}: {first_line})"
         ) from exc
-    model = model.float().eval().requires_grad_(False)
-    return model.to(device)
+    # build_model stores the weights in fp16; reload them into the fp32 model so fp32 files (pocket,
+    # fine-tuned) keep full precision. OpenAI's fp16 files give the same values either way.
+    model = model.float()
+    model.load_state_dict({k: v for k, v in state_dict.items() if k not in _METADATA_KEYS})
+    return model.eval().requires_grad_(False).to(device)
