@@ -129,7 +129,9 @@ class BenchmarkDataset(DatasetBase):
         """One error naming the missing images of the lists used (cheap: one listdir per folder)."""
         if not os.path.isdir(self.image_dir):
             raise FileNotFoundError(f"{self.name}: image folder {self.image_dir} not found. {self.checker_hint}")
-        splits = {"train": train, "test": test}
+        splits = {"test": test}  # test-only datasets: train is test; ImageNet: val is test
+        if train is not test:
+            splits["train"] = train
         if val is not None and val is not test:
             splits["val"] = val
         check_image_files(splits, self.name, hint=self.checker_hint)

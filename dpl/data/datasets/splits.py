@@ -121,6 +121,17 @@ def read_classnames(text_file):
     return classnames
 
 
+def class_folder_items(class_dir, label, classname):
+    """One :class:`Datum` per visible file of ``class_dir``, in sorted order (portable across file systems)."""
+    return [Datum(impath=os.path.join(class_dir, name), label=label, classname=classname)
+            for name in listdir_nohidden(class_dir, sort=True)]
+
+
+def subfolders(directory):
+    """Sorted names of the visible sub-directories of ``directory``."""
+    return sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+
+
 def content_key(splits, base_dir):
     """A SHA-256 hex digest of the listed items (paths relative to ``base_dir``, labels, class names).
 
