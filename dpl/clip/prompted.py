@@ -247,7 +247,7 @@ class PromptedTextEncoder(nn.Module):
             return torch.cat([h[:1], prompt.unsqueeze(1).expand(-1, h.shape[1], -1), h[1 + n:]], dim=0)
 
         x = run_blocks(self.transformer.resblocks, x, place, hook, layout, self.checkpoint)
-        eos = tokenized.argmax(dim=-1)
+        eos = tokenized.argmax(dim=-1).to(x.device)
         x = x[eos, torch.arange(x.shape[1], device=x.device)]  # [C, D]; LN is per token, so select first
         return self.ln_final(x).to(dtype) @ self.text_projection
 
