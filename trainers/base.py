@@ -1,0 +1,352 @@
+"""What every CLIP prompt trainer shares: ``ClipPromptTrainer`` and the model pieces it builds on.
+
+``ClipPromptModel`` holds a frozen CLIP, the prompted encoders of ``dpl.clip`` and the learnable parts
+of a method. Its checkpointed state is its *learnable* tensors only (parameters with
+``requires_grad`` and the persistent buffers of modules that own one); class-dependent prompt parts
+and frozen references (teacher features) are non-persistent buffers, so ``.to()`` moves them and a
+checkpoint trained on base classes loads into a model built for new classes.
+
+``ClipPromptTrainer(TrainerX)`` builds CLIP (``dpl.clip.load_clip``), checks ``INPUT.SIZE``,
+handles precision (``PREC`` fp32 / fp16 / amp; CPU runs fp32), optimizes and checkpoints the
+learnable tensors only, logs every loss component, steps the LR at the last batch of an epoch, and
+encodes the class text features once per ``test()`` call. A method subclasses it and implements
+``build_clip_model(clip_model, classnames)`` and, if it trains with more than cross-entropy,
+``compute_losses(images, labels)``.
+"""
+import contextlib
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dpl.clip import (
+    ClassPrompts,
+    PromptedTextEncoder,
+    PromptedVisionEncoder,
+    clip_architecture,
+    fill_template,
+    load_clip,
+    tokenize,
+)
+from dpl.engine import TrainerX
+from dpl.engine.errors import CheckpointMismatchError, UserError
+from dpl.metrics import compute_accuracy
+from dpl.utils import count_num_param, load_pretrained_weights
+
+PRECISIONS = ("fp16", "fp32", "amp")
+FROZEN_TEXT_CHUNK = 1024  # prompts per call when encoding hand-crafted prompts
+
+
+# ----- config helpers -------------------------------------------------------------------------------
+def add_trainer_node(cfg, name, defaults):
+    """Add ``cfg.TRAINER.<name>`` with ``defaults`` (a dict) unless it exists (idempotent for subclasses)."""
+    from yacs.config import CfgNode as CN
+
+    if name not in cfg.TRAINER:
+        cfg.TRAINER[name] = CN(dict(defaults))
+
+
+def clamp_depth(requested, available, key):
+    """``requested`` prompt depth, clamped to the ``available`` transformer layers with one log line."""
+    if requested > available:
+        print(f"{key} = {requested} exceeds the backbone's {available} layers: using {available}")
+        return available
+    return requested
+
+
+# ----- precision ------------------------------------------------------------------------------------
+def effective_precision(requested, device):
+    """The precision a run uses: ``requested`` on CUDA, fp32 elsewhere (one log line when it differs)."""
+    if requested not in PRECISIONS:
+        raise UserError(f"PREC {requested!r} is not one of {list(PRECISIONS)}")
+    if requested != "fp32" and device.type != "cuda":
+        print(f"PREC {requested} is not supported on {device.type}: using fp32")
+        return "fp32"
+    return requested
+
+
+def amp_dtype(device):
+    """bf16 where the device supports it (no loss scaling needed), else fp16."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16
+
+
+# ----- model pieces ---------------------------------------------------------------------------------
+class ClassPromptBuffers(nn.Module):
+    """The frozen, class-dependent parts of ``dpl.clip.ClassPrompts`` as non-persistent buffers.
+
+    Buffers follow ``.to()`` and are never checkpointed (they are rebuilt from the current class
+    names), which is what lets a base-class checkpoint evaluate on new classes.
+    """
+
+    def __init__(self, class_prompts: ClassPrompts):
+        super().__init__()
+        # Tensors live in the buffers only (so .to() moves every copy); the spec keeps the rest.
+        self.spec = dataclasses.replace(
+            class_prompts, tokenized=None, prefix=None, suffix=None, gather_index=None, ctx_vectors=None
+        )
+        self.register_buffer("tokenized", class_prompts.tokenized, persistent=False)  # [C, L]
+        self.register_buffer("prefix", class_prompts.prefix, persistent=False)  # [C, 1, D]
+        self.register_buffer("suffix", class_prompts.suffix, persistent=False)  # [C, L-1-n_ctx, D]
+        self.register_buffer("gather_index", class_prompts.gather_index, persistent=False)  # [C, L]
+
+    @property
+    def n_ctx(self):
+        return self.spec.n_ctx
+
+    def assemble(self, ctx):
+        """Prompt embeddings ``[C, L, D]`` from a ``[n_ctx, D]`` or ``[C, n_ctx, D]`` context."""
+        current = dataclasses.replace(
+            self.spec, tokenized=self.tokenized, prefix=self.prefix, suffix=self.suffix, gather_index=self.gather_index
+        )
+        return current.assemble(ctx)
+
+
+class ClipPromptModel(nn.Module):
+    """A frozen CLIP with the prompted encoders; subclasses add learnable parts and ``encode_text``.
+
+    ``forward(images, text_features=None)`` returns logits ``[B, C]``; pass ``text_features``
+    (normalised ``[C, D]``) to reuse class features encoded once (evaluation).
+    """
+
+    def __init__(self, clip_model):
+        super().__init__()
+        self.clip = clip_model.requires_grad_(False).eval()
+        self.arch = clip_architecture(clip_model)
+        self.text_encoder = PromptedTextEncoder(clip_model)
+        self.vision_encoder = PromptedVisionEncoder(clip_model)
+
+    # --- what the checkpoint holds
+    def learnable_state_dict(self):
+        """Learnable parameters and the persistent buffers of modules that own one (detached)."""
+        learnable = {}
+        for module_name, module in self.named_modules():
+            own_params = [(n, p) for n, p in module.named_parameters(recurse=False) if p.requires_grad]
+            if not own_params:
+                continue
+            prefix = f"{module_name}." if module_name else ""
+            learnable.update({prefix + n: p.detach() for n, p in own_params})
+            learnable.update(
+                {prefix + n: b.detach() for n, b in module.named_buffers(recurse=False)
+                 if n not in module._non_persistent_buffers_set}
+            )
+        return dict(sorted(learnable.items()))
+
+    def load_learnable_state_dict(self, state_dict):
+        """Copy saved learnable tensors in; ``CheckpointMismatchError`` on missing/unexpected keys or shapes."""
+        own = self.learnable_state_dict()
+        missing = sorted(set(own) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(own))
+        resized = sorted(k for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
+        if missing or unexpected or resized:
+            details = [f"{label}: {keys}" for label, keys in
+                       (("missing", missing), ("unexpected", unexpected), ("shape differs", resized)) if keys]
+            raise CheckpointMismatchError(
+                "the checkpoint's learnable tensors do not fit this model (" + "; ".join(details) + "); "
+                "was it saved by another trainer or with other prompt settings (N_CTX, depths, CSC)?"
+            )
+        with torch.no_grad():
+            for name, tensor in own.items():
+                tensor.copy_(state_dict[name])
+
+    def learnable_parameters(self):
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def train(self, mode=True):
+        """Switch the learnable parts; the frozen CLIP always stays in eval mode (ResNet batch-norm stats)."""
+        super().train(mode)
+        self.clip.eval()
+        return self
+
+    def half_frozen_weights(self):
+        """CLIP's fp16 mode: the frozen weights in half precision; learnable tensors stay fp32."""
+        from dpl.clip.package import clip
+
+        clip.model.convert_weights(self.clip)
+
+    # --- features and logits
+    @property
+    def logit_scale(self):
+        return self.clip.logit_scale.exp().float()
+
+    def encode_text(self):
+        """Normalised class text features ``[C, D]`` (float32)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement encode_text()")
+
+    def encode_image(self, images):
+        """Normalised image features ``[B, D]`` (float32); default: the frozen encoder without prompts."""
+        return F.normalize(self.vision_encoder(images).float(), dim=-1)
+
+    @torch.no_grad()
+    def encode_frozen_text(self, texts, normalize=True):
+        """Features ``[N, D]`` (float32) of hand-crafted prompt texts by the frozen text encoder.
+
+        Encoded in chunks of ``FROZEN_TEXT_CHUNK`` prompts (one call for small sets, bounded memory for
+        e.g. 60 templates x 1000 ImageNet classes).
+        """
+        tokens = tokenize(texts, self.arch.context_length).to(self.clip.token_embedding.weight.device)
+        encoder = PromptedTextEncoder(self.clip, chunk_size=FROZEN_TEXT_CHUNK)
+        features = encoder.encode_tokens(tokens).float()
+        return F.normalize(features, dim=-1) if normalize else features
+
+    @torch.no_grad()
+    def frozen_class_text_features(self, classnames, templates, normalize_each=False):
+        """Normalised ``[C, D]`` class features: the mean over ``templates`` of the frozen text features.
+
+        ``normalize_each=False`` averages raw features (PromptSRC's teacher), ``True`` averages
+        normalised ones (CoOp's ZeroshotCLIP2 ensemble). With one template both are ``norm(f)``.
+        """
+        texts = [text for template in templates for text in fill_template(template, classnames)]
+        features = self.encode_frozen_text(texts, normalize=normalize_each)  # [T * C, D]
+        features = features.reshape(len(templates), len(classnames), -1)
+        return F.normalize(features.mean(dim=0), dim=-1)
+
+    def logits(self, image_features, text_features):
+        return self.logit_scale * image_features @ text_features.t()
+
+    def forward(self, images, text_features=None):
+        if text_features is None:
+            text_features = self.encode_text()
+        return self.logits(self.encode_image(images), text_features)
+
+
+# ----- the trainer ----------------------------------------------------------------------------------
+class ClipPromptTrainer(TrainerX):
+    """Shared CLIP prompt-trainer machinery (not registered itself).
+
+    Subclasses set ``CFG_NODE`` (their ``cfg.TRAINER`` node, which holds ``PREC``) and
+    ``MODEL_NAME`` (the checkpoint sub-directory), define ``extend_cfg`` and implement
+    ``build_clip_model``; ``compute_losses`` defaults to cross-entropy.
+    """
+
+    CFG_NODE = None
+    MODEL_NAME = "prompt_learner"
+
+    @classmethod
+    def node_of(cls, cfg):
+        return cfg.TRAINER[cls.CFG_NODE]
+
+    @property
+    def node(self):
+        return self.node_of(self.cfg)
+
+    def check_cfg(self, cfg):
+        prec = self.node_of(cfg).PREC
+        if prec not in PRECISIONS:
+            raise UserError(f"TRAINER.{self.CFG_NODE}.PREC is {prec!r}; use one of {list(PRECISIONS)}")
+
+    # --- building
+    def build_model(self):
+        cfg = self.cfg
+        classnames = self.dm.dataset.classnames
+        self.precision = effective_precision(self.node.PREC, self.device)
+        self.autocast_dtype = amp_dtype(self.device) if self.precision == "amp" else None
+        print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
+        clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PATH, self.device)
+        self.check_input_size(clip_model)
+        print(f"Building {type(self).__name__} model")
+        self.model = self.build_clip_model(clip_model, classnames)
+        if self.precision == "fp16":
+            self.model.half_frozen_weights()
+        self.model.to(self.device)
+        if cfg.MODEL.INIT_WEIGHTS:
+            load_pretrained_weights(self.model, cfg.MODEL.INIT_WEIGHTS)
+        params = self.model.learnable_parameters()
+        if not params:  # zero-shot: nothing to optimise or checkpoint
+            self.model.eval()
+            return
+        names = sorted(self.model.learnable_state_dict())
+        print(f"Parameters to be updated: {names}")
+        print(f"# learnable parameters: {count_num_param(params=params):,}")
+        from dpl.optim import build_lr_scheduler, build_optimizer
+
+        self.optim = build_optimizer(params, cfg.OPTIM)
+        self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
+        self.register_model(self.MODEL_NAME, self.model, self.optim, self.sched)
+        if self.autocast_dtype == torch.float16:
+            self.scaler = torch.amp.GradScaler(self.device.type)
+
+    def check_input_size(self, clip_model):
+        resolution = clip_model.visual.input_resolution
+        size = tuple(self.cfg.INPUT.SIZE)
+        if size != (resolution, resolution):
+            raise UserError(
+                f"INPUT.SIZE {size} does not match the input resolution {resolution} of CLIP "
+                f"{self.cfg.MODEL.BACKBONE.NAME or self.cfg.MODEL.BACKBONE.PATH}: set INPUT.SIZE "
+                f'"({resolution}, {resolution})"'
+            )
+
+    def build_clip_model(self, clip_model, classnames):
+        """The method's ``ClipPromptModel`` for ``classnames`` (CLIP is float32, on ``self.device``)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement build_clip_model()")
+
+    # --- checkpoints: learnable tensors only
+    def checkpoint_state_dict(self, name):
+        return self._models[name].learnable_state_dict()
+
+    def load_checkpoint_state_dict(self, name, state_dict):
+        self._models[name].load_learnable_state_dict(state_dict)
+
+    def load_model(self, directory, epoch=None):
+        """Load the learnable tensors (class-dependent buffers stay those of the current classes)."""
+        try:
+            super().load_model(directory, epoch)
+        except CheckpointMismatchError as exc:
+            where = f"{directory} (epoch {epoch})" if epoch is not None else directory
+            raise CheckpointMismatchError(f"cannot load {where} into {type(self).__name__}: {exc}") from exc
+
+    # --- training step
+    def autocast(self):
+        """Autocast context for ``PREC amp`` (a no-op otherwise)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+    def parse_batch_train(self, batch):
+        return batch["img"].to(self.device), batch["label"].to(self.device)
+
+    def compute_losses(self, images, labels):
+        """``(logits [B, C], {name: loss tensor})``; the total loss is the sum of the components."""
+        logits = self.model(images)
+        return logits, {"loss_ce": F.cross_entropy(logits.float(), labels)}
+
+    def forward_backward(self, batch):
+        images, labels = self.parse_batch_train(batch)
+        with self.autocast():
+            logits, components = self.compute_losses(images, labels)
+        loss = sum(components.values())
+        self.backward_and_update(loss, components)
+        summary = {"loss": loss.item()}
+        if len(components) > 1:
+            summary.update({name: value.item() for name, value in components.items()})
+        summary["acc"] = compute_accuracy(logits, labels)[0].item()
+        if (self.batch_idx + 1) == self.num_batches:
+            self.update_lr()
+        return summary
+
+    def backward_and_update(self, loss, components):
+        if self.scaler is None:
+            self.model_backward_and_update(loss, components=components)
+            return
+        self.model_zero_grad()
+        self.check_finite(loss, components)
+        self.scaler.scale(loss).backward()
+        for name in self.get_model_names():
+            self.scaler.step(self._optims[name])
+        self.scaler.update()
+
+    # --- evaluation: class text features once per test() call
+    def test(self, split=None):
+        self.set_model_mode("eval")
+        with torch.no_grad(), self.autocast():
+            self._eval_text_features = self.model.encode_text()
+        try:
+            return super().test(split)
+        finally:
+            self._eval_text_features = None
+
+    def model_inference(self, input):
+        with self.autocast():
+            return self.model(input, text_features=getattr(self, "_eval_text_features", None))
