@@ -17,7 +17,7 @@ from dpl.clip.templates import (
     dataset_template,
     fill_template,
 )
-from dpl.clip.text import ClassPrompts, build_class_prompts, class_text, tokenize
+from dpl.clip.text import ClassPrompts, bpe_ids, build_class_prompts, class_text, tokenize
 from dpl.clip.weights import (
     CACHE_ENV,
     available_backbones,
@@ -30,7 +30,7 @@ from dpl.clip.weights import (
 __all__ = [
     "CACHE_ENV", "CUSTOM_TEMPLATES", "ClassPrompts", "ClipArchitecture", "IMAGENET_TEMPLATES",
     "IMAGENET_TEMPLATES_SELECT", "LayerHook", "PROMPTSRC_TEMPLATES", "PromptedTextEncoder",
-    "PromptedVisionEncoder", "TokenLayout", "attention_probs", "available_backbones", "build_class_prompts",
+    "PromptedVisionEncoder", "TokenLayout", "attention_probs", "available_backbones", "bpe_ids", "build_class_prompts",
     "class_text", "clip_architecture", "clip_cache_dir", "dataset_template", "fill_template", "is_vit",
     "load_clip", "read_clip_state_dict", "resolve_clip_weights", "tokenize",
 ]
