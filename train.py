@@ -23,7 +23,7 @@ from dpl.engine import (
     output_dir_action,
     skip_message,
 )
-from dpl.utils import collect_env_info, set_random_seed, setup_logger
+from dpl.utils import close_logger, collect_env_info, set_random_seed, setup_logger
 
 EXIT_RUN_ERROR = 1
 EXIT_CONFIG_ERROR = 2
@@ -155,6 +155,7 @@ def main(args, cfg=None):
 
 
 def cli(argv=None):
+    """Run train.py with ``argv``; returns the exit code (user errors: one line on stderr, in the log too)."""
     args = build_parser().parse_args(argv)
     try:
         cfg = setup_cfg(args)  # validate the configuration before anything is written
@@ -167,10 +168,12 @@ def cli(argv=None):
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_RUN_ERROR
     except ValueError as exc:
-        if "is not registered" not in str(exc):  # registry misses (trainer, dataset, ...) are user errors
+        if "is not registered" not in str(exc):  # registry misses (check_availability) are user errors
             raise
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_RUN_ERROR
+    finally:
+        close_logger()
     return 0
 
 
