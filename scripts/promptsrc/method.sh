@@ -1,0 +1,7 @@
+# PromptSRC: upstream's configs per protocol (read by scripts/_common.sh; CFG=... overrides).
+# Upstream's xd scripts name a config "..._ep5_..._cross_datasets" that was never shipped; the shipped one is used.
+TRAINER=PromptSRC
+CFG_BASE2NEW=vit_b16_c2_ep20_batch4_4+4ctx
+CFG_XD=vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets
+CFG_FEWSHOT=vit_b16_c2_ep50_batch4_4+4ctx_few_shot
+CFG_LONGTAIL=vit_b16_c2_ep20_batch4_4+4ctx
