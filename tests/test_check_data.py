@@ -45,3 +45,11 @@ def test_command_line_entry_point(tmp_path):
                          capture_output=True, text=True, cwd=PROJECT_ROOT)
     assert run.returncode == 1, run.stderr
     assert "split_zhou_DescribableTextures.json" in run.stdout
+
+
+def test_default_checks_the_15_benchmark_datasets(tmp_path, capsys):
+    make_dataset(tmp_path, "dtd", n_classes=3, per_class=5)
+    assert main(["--root", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert out.count("== ") == 15 and "DescribableTextures (dtd): WARNING" in out
+    assert "14 dataset(s) need attention" in out

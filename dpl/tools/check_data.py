@@ -1,7 +1,7 @@
 """Check a CoOp-style ``DATA`` folder: ``python -m dpl.tools.check_data --root DATA [dataset ...]``.
 
 For each dataset (config stems such as ``dtd`` or class names such as ``DescribableTextures``; all 15
-benchmark datasets when none is named) it reports the dataset folder, the image folder, the split
+CoOp benchmark datasets when none is named) it reports the dataset folder, the image folder, the split
 file, the other files the loader reads, the image counts per split against the published counts, the
 listed images that are missing, and what to do next. Exit status: 0 when everything needed is
 there, 1 when something is missing (with ``--strict``, also when a count differs from the published
@@ -17,6 +17,11 @@ from dataclasses import dataclass, field
 from dpl.config import get_cfg_default
 from dpl.data.datasets import COOP_DATASETS_DOC, DATASET_REGISTRY, BenchmarkDataset, find_missing_files
 from dpl.project import import_project_modules
+
+# Checked when no dataset is named: the 15 CoOp benchmark datasets (other registered loaders by name).
+COOP_BENCHMARK_STEMS = ("imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
+                        "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101", "imagenetv2", "imagenet_sketch",
+                        "imagenet_a", "imagenet_r")
 
 # Dataset-specific advice beyond CoOp's DATASETS.md.
 EXTRA_ADVICE = {
@@ -48,10 +53,9 @@ def benchmark_classes():
 
 
 def resolve(names, classes):
-    """Class names for the requested stems / class names (all with published counts when empty)."""
-    if not names:
-        return [name for name, cls in classes.items() if cls.expected_counts]
+    """Class names for the requested stems / class names (the 15 benchmark datasets when empty)."""
     by_stem = {cls.stem: name for name, cls in classes.items() if cls.stem}
+    names = names or COOP_BENCHMARK_STEMS
     resolved = []
     for requested in names:
         name = requested if requested in classes else by_stem.get(requested)
@@ -140,7 +144,7 @@ def next_steps(report, cls):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m dpl.tools.check_data", description=__doc__.split("\n\n")[0])
     parser.add_argument("--root", required=True, help="the DATA folder (DATASET.ROOT)")
-    parser.add_argument("datasets", nargs="*", help="config stems (dtd, oxford_pets, ...) or class names; default: all")
+    parser.add_argument("datasets", nargs="*", help="config stems (dtd, oxford_pets, ...) or class names; default: the 15 CoOp datasets")
     parser.add_argument("--strict", action="store_true", help="also fail when counts differ from the published ones")
     args = parser.parse_args(argv)
     root = os.path.abspath(os.path.expanduser(args.root))
