@@ -53,3 +53,11 @@ def test_default_checks_the_15_benchmark_datasets(tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.count("== ") == 15 and "DescribableTextures (dtd): WARNING" in out
     assert "14 dataset(s) need attention" in out
+
+
+def test_unknown_dataset_is_a_usage_error(tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--root", str(tmp_path), "dtdd"])
+    assert exit_info.value.code == 2 and "unknown dataset 'dtdd'" in capsys.readouterr().err

@@ -61,7 +61,7 @@ def resolve(names, classes):
         name = requested if requested in classes else by_stem.get(requested)
         if name is None:
             known = sorted(by_stem) + sorted(classes)
-            raise SystemExit(f"check_data: unknown dataset {requested!r}; known: {', '.join(known)}")
+            raise ValueError(f"unknown dataset {requested!r}; known: {', '.join(known)}")
         resolved.append(name)
     return resolved
 
@@ -153,7 +153,11 @@ def main(argv=None):
         return 1
     classes = benchmark_classes()
     failed = []
-    for name in resolve(args.datasets, classes):
+    try:
+        names = resolve(args.datasets, classes)
+    except ValueError as err:
+        parser.error(str(err))
+    for name in names:
         report = check_dataset(classes[name], root)
         status = "MISSING PARTS" if report.problems else ("WARNING" if report.warnings else "OK")
         print(f"== {report.name}: {status}")
