@@ -147,10 +147,22 @@ def read_results_json(path, keyword):
     return float(value), group_accuracies(record) or group_accuracies(data)
 
 
-def group_accuracies(data):
-    """Long-tail many/medium/few accuracies from a results.json dict ({} when absent)."""
-    groups = data.get("group_accuracy") or {}
-    return {name: float(groups[name]) for name in LONG_TAIL_GROUPS if isinstance(groups.get(name), (int, float))}
+def group_accuracies(record):
+    """Long-tail many/medium/few accuracies (percent) of a results.json record ({} when absent).
+
+    Read from ``group_accuracy`` ({group: percent}) or, failing that, from ``per_class`` rows tagged
+    with their ``group`` (accuracy over the test images of the group's classes).
+    """
+    groups = record.get("group_accuracy")
+    if isinstance(groups, dict):
+        return {g: float(groups[g]) for g in LONG_TAIL_GROUPS if isinstance(groups.get(g), (int, float))}
+    counts = {}  # group -> [correct, total]
+    for row in record.get("per_class") or []:
+        if isinstance(row, dict) and row.get("group") in LONG_TAIL_GROUPS and row.get("total"):
+            c = counts.setdefault(row["group"], [0, 0])
+            c[0] += row.get("correct", 0)
+            c[1] += row["total"]
+    return {g: 100.0 * counts[g][0] / counts[g][1] for g in LONG_TAIL_GROUPS if g in counts}
 
 
 def parse_run(run_dir, keyword="accuracy", end_signals=None, use_json=True):
@@ -674,9 +686,10 @@ def plot_bars(grid, out_dir, plt):
             heights = [by_col[(g, metric)].mean if by_col.get((g, metric)) else 0.0 for g in groups]
             ax.bar([x + (i - 1) * width for x in range(len(groups))], heights, width, label=metric)
         ax.set_xticks(range(len(groups)), groups, rotation=20, ha="right")
+        ax.set_ylim(0, 125)  # headroom for the legend above the bars
         ax.set_ylabel("accuracy (%)")
         ax.set_title(f"{grid.title}: {dataset}")
-        ax.legend()
+        ax.legend(loc="upper center", ncol=len(metrics))
         written.append(save_figure(fig, out_dir, f"base2new_{dataset}.png", plt))
     return written
 

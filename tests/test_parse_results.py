@@ -333,3 +333,22 @@ def test_command_line_entry_point():
     proc = subprocess.run([sys.executable, str(REPO / "parse_results.py"), str(FIXTURES / "old_fork")],
                           capture_output=True, text=True, cwd=str(REPO.parent))
     assert proc.returncode == 0 and "* accuracy: 81.73% +- 0.05%" in proc.stdout
+
+
+def test_fewshot_plots_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    for shots, acc in ((1, 50.0), (2, 55.0), (4, 60.0)):
+        write_log(tmp_path / "runs" / "dtd" / "CoOp" / f"vit_b16_ep50_{shots}shots" / "seed1", TRAIN_LOG, acc)
+    code, _, err = run_cli("--protocol", "fewshot", tmp_path / "runs", "--plot", tmp_path / "plots")
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["few_shot_Average.png", "few_shot_dtd.png"]
+
+
+def test_group_accuracy_from_tagged_per_class_rows():
+    rows = [{"label": 0, "total": 10, "correct": 9, "group": "many"},
+            {"label": 1, "total": 10, "correct": 7, "group": "many"},
+            {"label": 2, "total": 5, "correct": 2, "group": "few"}]
+    assert parse_results.group_accuracies({"per_class": rows}) == {"many": 80.0, "few": 40.0}
+    assert parse_results.group_accuracies({"group_accuracy": {"many": 1, "medium": 2.5}}) == {"many": 1.0,
+                                                                                              "medium": 2.5}
+    assert parse_results.group_accuracies({"per_class": [{"label": 0, "total": 3, "correct": 3}]}) == {}
