@@ -348,3 +348,16 @@ def test_synthetic_images_are_class_discriminative():
     gaps = [np.abs(means[0] - m).max() for m in means[1:]]
     assert np.abs(means[0] - same).max() < min(gaps)
     assert math.isfinite(min(gaps))
+
+
+def test_samplers_by_name():
+    from dpl.data.samplers import build_sampler
+    items = [Datum(f"/x/{c}_{i}.jpg", label=c) for c in range(4) for i in range(5)]
+    gen = torch.Generator().manual_seed(0)
+    indices = list(build_sampler("RandomClassSampler", data_source=items, batch_size=4, n_ins=2, generator=gen))
+    assert len(indices) == 20
+    for start in range(0, 20, 4):  # each batch: 2 classes x 2 items
+        labels = Counter(items[i].label for i in indices[start:start + 4])
+        assert sorted(labels.values()) == [2, 2]
+    with pytest.raises(ValueError, match="Unknown sampler type: Foo"):
+        build_sampler("Foo", data_source=items)
