@@ -42,7 +42,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -344,6 +344,8 @@ class Runs:
 
     table: Dict[Tuple[str, str, Method, int], RunResult] = field(default_factory=dict)
     strays: List[str] = field(default_factory=list)
+    # (part, dataset, method, seed) -> the folder where that run belongs (named in "missing" lines)
+    expected_path: Callable[[str, str, Method, int], str] = lambda *key: "?"
 
     def add(self, key, run):
         self.table[key] = run
@@ -363,8 +365,10 @@ class Runs:
 
 def discover_base2new(root, keyword):
     """Runs of ROOT/{train_base,test_base,test_new}/<ds>/shots_K/<T>/<cfg>/seed<S>."""
-    runs = Runs()
     parts = {"train_base": "base", "test_base": "base_eval", "test_new": "new"}
+    folders = {part: folder for folder, part in parts.items()}
+    runs = Runs(expected_path=lambda part, dataset, m, seed: os.path.join(
+        root, folders[part], dataset, m.variant or "shots_16", m.trainer, m.config, f"seed{seed}"))
     if not any(os.path.isdir(os.path.join(root, d)) for d in parts):
         raise ParseError(f"no train_base/ or test_new/ folder under {root} (give e.g. output/base2new)")
     for folder, part in parts.items():
@@ -377,7 +381,12 @@ def discover_base2new(root, keyword):
 
 def discover_crossdomain(root, keyword, source):
     """Source runs ROOT/<source>/<T>/<tag>/seed<S> and targets ROOT/evaluation/<T>/<tag>/<ds>/seed<S>."""
-    runs = Runs()
+    def expected_path(part, dataset, m, seed):
+        if part == "source":
+            return os.path.join(root, source, m.trainer, m.config, f"seed{seed}")
+        return os.path.join(root, EVALUATION_DIR, m.trainer, m.config, dataset, f"seed{seed}")
+
+    runs = Runs(expected_path=expected_path)
     if not os.path.isdir(os.path.join(root, EVALUATION_DIR)):
         raise ParseError(f"no {EVALUATION_DIR}/ folder under {root} (give the output root, e.g. output)")
     source_dir = os.path.join(root, source)
@@ -396,7 +405,8 @@ FEWSHOT_TAG = re.compile(r"(.+)_(\d+)shots")
 
 def discover_fewshot(root, keyword):
     """Runs of ROOT/<ds>/<T>/<cfg>_<K>shots/seed<S>; the part is the shot count."""
-    runs = Runs()
+    runs = Runs(expected_path=lambda shots, dataset, m, seed: os.path.join(
+        root, dataset, m.trainer, f"{m.config}_{shots}shots", f"seed{seed}"))
     if not os.path.isdir(root):
         raise ParseError(f"few-shot root not found: {root} (give e.g. output/few_shot)")
     pattern = [r"[^.].*", r".+", FEWSHOT_TAG.pattern, SEED_DIR.pattern]
@@ -461,9 +471,13 @@ class Aggregator:
             if run is not None and run.ok:
                 values[str(seed)] = run.metrics[keyword]
             else:
-                why = run.problem + f" ({run.run_dir})" if run is not None else "run missing"
-                self.missing.append(f"{label} seed{seed}: {why}")
+                self.missing.append(f"{label} seed{seed}: {self._why_missing(run, parts[0], dataset, method, seed)}")
         return self.to_value(values, len(self.expected_seeds(method)))
+
+    def _why_missing(self, run, part, dataset, method, seed):
+        if run is not None:
+            return f"{run.problem} ({run.run_dir})"
+        return f"run missing ({self.runs.expected_path(part, dataset, method, seed)})"
 
     def seed_groups(self, part, dataset, method):
         """Per long-tail group, a Value over the seeds whose results.json has that group."""
