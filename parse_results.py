@@ -456,20 +456,20 @@ class Grid:
 class Aggregator:
     """Seed statistics over a Runs table, recording each expected-but-absent run."""
 
-    def __init__(self, runs, ci95, seeds=None):
-        self.runs, self.ci95, self.forced_seeds = runs, ci95, seeds
+    def __init__(self, runs, args):
+        self.runs, self.ci95, self.forced_seeds, self.keyword = runs, args.ci95, args.seeds, args.keyword
         self.missing = []
 
     def expected_seeds(self, method):
         return list(self.forced_seeds) if self.forced_seeds else self.runs.seeds(method)
 
-    def seed_stat(self, parts, dataset, method, label, keyword="accuracy"):
+    def seed_stat(self, parts, dataset, method, label):
         """Value over seeds of the first part in ``parts`` that has a run for each seed."""
         values = {}
         for seed in self.expected_seeds(method):
             run = self._first_run(parts, dataset, method, seed)
             if run is not None and run.ok:
-                values[str(seed)] = run.metrics[keyword]
+                values[str(seed)] = run.metrics[self.keyword]
             else:
                 self.missing.append(f"{label} seed{seed}: {self._why_missing(run, parts[0], dataset, method, seed)}")
         return self.to_value(values, len(self.expected_seeds(method)))
@@ -512,7 +512,7 @@ def hm_value(base, new):
 
 
 def build_base2new(runs, args, with_groups=False):
-    agg = Aggregator(runs, args.ci95, args.seeds)
+    agg = Aggregator(runs, args)
     methods = runs.methods()
     labels = method_labels(methods)
     datasets = args.datasets or order_datasets(runs.datasets(), BASE2NEW_DATASETS)
@@ -544,7 +544,7 @@ def build_base2new(runs, args, with_groups=False):
 
 
 def build_crossdomain(runs, args, targets_canonical, title):
-    agg = Aggregator(runs, args.ci95, args.seeds)
+    agg = Aggregator(runs, args)
     methods = runs.methods()
     labels = method_labels(methods)
     found = runs.datasets("target")
@@ -567,7 +567,7 @@ def build_crossdomain(runs, args, targets_canonical, title):
 
 
 def build_fewshot(runs, args):
-    agg = Aggregator(runs, args.ci95, args.seeds)
+    agg = Aggregator(runs, args)
     methods = runs.methods()
     labels = method_labels(methods)
     datasets = args.datasets or order_datasets(runs.datasets(), BASE2NEW_DATASETS)

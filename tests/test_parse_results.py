@@ -359,3 +359,11 @@ def test_group_accuracy_from_tagged_per_class_rows():
     assert parse_results.group_accuracies({"group_accuracy": {"many": 1, "medium": 2.5}}) == {"many": 1.0,
                                                                                               "medium": 2.5}
     assert parse_results.group_accuracies({"per_class": [{"label": 0, "total": 3, "correct": 3}]}) == {}
+
+
+def test_protocol_table_with_other_keyword(base2new_tree):
+    code, out, _ = run_cli("--protocol", "base2new", base2new_tree, "--keyword", "macro_f1", "--format", "json")
+    assert code == 0
+    dtd = next(r for r in json.loads(out)["rows"] if r["Dataset"] == "dtd")
+    cell = next(c for c in dtd["cells"] if c["group"] == "DropoutPrompt" and c["column"] == "Base")
+    assert cell["mean"] == pytest.approx(84.1 - 1)  # results.json macro_f1 of the fixture: accuracy - 1
