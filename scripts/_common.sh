@@ -243,8 +243,16 @@ few_shot() {
         DATASET.NUM_SHOTS "$shots" "$@"
 }
 
+# long_tail_root RATIO: the folder of one ratio, named without a trailing .0 (imb10 for 10 and 10.0)
 long_tail_root() {
-    echo "$OUTPUT/long_tail/imb$1"
+    local name=$1
+    [[ $name == *.* ]] && name=$(echo "$name" | sed -e 's/0*$//' -e 's/\.$//')
+    echo "$OUTPUT/long_tail/imb$name"
+}
+
+# as_float RATIO: yacs keeps the type of the default (1.0), so an integer ratio needs a decimal point
+as_float() {
+    [[ $1 == *.* ]] && echo "$1" || echo "$1.0"
 }
 
 long_tail() {
@@ -260,7 +268,7 @@ long_tail() {
     cfg=$(cfg_for LONGTAIL "$dataset")
     train_run "$(base2new_dir "$(long_tail_root "$ratio")" train_base "$dataset" "$seed" "$cfg" $LONG_TAIL_SHOTS)" \
         "$dataset" "$seed" "$cfg" DATASET.NUM_SHOTS $LONG_TAIL_SHOTS DATASET.SUBSAMPLE_CLASSES base \
-        DATASET.IMBALANCE_RATIO "$ratio" TEST.PER_CLASS_RESULT True "$@"
+        DATASET.IMBALANCE_RATIO "$(as_float "$ratio")" TEST.PER_CLASS_RESULT True "$@"
 }
 
 long_tail_test() {

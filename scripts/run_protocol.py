@@ -106,7 +106,7 @@ def table_root(protocol, output, ratio):
         "xd": output,
         "dg": output,
         "fewshot": output / "few_shot",
-        "longtail": output / "long_tail" / f"imb{ratio}",
+        "longtail": output / "long_tail" / f"imb{float(ratio):g}",  # as scripts/_common.sh names it
     }[protocol]
 
 

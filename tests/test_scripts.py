@@ -212,10 +212,15 @@ def test_every_trainer_script_exists_and_plans():
 
 def test_long_tail_passes_ratio_and_shots(stub_env):
     assert run_script("coop/long_tail.sh", "dtd", 1, "20", "OPTIM.MAX_EPOCH", 1, env=stub_env).returncode == 0
-    opts = trailing_opts(recorded_calls(stub_env)[-1])
+    argv = recorded_calls(stub_env)[-1]
+    opts = trailing_opts(argv)
+    # yacs keeps the float type of the default: the integer ratio is passed as 20.0
     assert opts[:8] == ["DATASET.NUM_SHOTS", "10000", "DATASET.SUBSAMPLE_CLASSES", "base",
-                        "DATASET.IMBALANCE_RATIO", "20", "TEST.PER_CLASS_RESULT", "True"]
+                        "DATASET.IMBALANCE_RATIO", "20.0", "TEST.PER_CLASS_RESULT", "True"]
     assert opts[-2:] == ["OPTIM.MAX_EPOCH", "1"]
+    assert "/long_tail/imb20/train_base/dtd/shots_10000/CoOp/" in option(argv, "--output-dir")
+    assert plan("coop/long_tail.sh", "dtd", 1, "20.0", env=stub_env) == plan("coop/long_tail.sh", "dtd", 1, "20",
+                                                                            env=stub_env)
 
 
 def test_xd_test_uses_full_test_set_of_target(stub_env):
