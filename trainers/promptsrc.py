@@ -116,7 +116,8 @@ class GaussianPromptAggregator:
         return {"weights": self.weights.clone(), "sums": self.aggregate(), "epochs": list(self.epochs)}
 
     def load_state_dict(self, state):
-        if not torch.allclose(state["weights"].to(self.weights), self.weights, rtol=0, atol=1e-12):
+        saved = state["weights"].to(self.weights)
+        if saved.shape != self.weights.shape or not torch.allclose(saved, self.weights, rtol=0, atol=1e-12):
             raise UserError(
                 "the checkpoint's GPA weights differ from this run's (OPTIM.MAX_EPOCH, GPA_MEAN or GPA_STD "
                 "changed): resume with the settings of the interrupted run"
@@ -184,8 +185,9 @@ class PromptSRC(IVLP):
 
     # --- GPA
     def gpa_tensors(self):
-        """The tensors GPA aggregates: the learnable prompt parameters (name -> parameter)."""
-        return {name: p for name, p in self.model.prompt_learner.named_parameters() if p.requires_grad}
+        """The tensors GPA aggregates: the learnable prompt parameters, named as in the checkpoint."""
+        return {f"prompt_learner.{name}": p for name, p in self.model.prompt_learner.named_parameters()
+                if p.requires_grad}
 
     def after_epoch(self):
         """Aggregate this epoch's prompts; after the last epoch use the aggregate (before it is saved)."""
