@@ -300,3 +300,27 @@ def test_trainer_config_merges_and_its_name_tells_the_truth(path):
     backbone = {"vit_b16": "ViT-B/16", "vit_b32": "ViT-B/32", "rn50": "RN50", "rn101": "RN101"}
     assert cfg.MODEL.BACKBONE.NAME == backbone[re.match(r"(vit_b16|vit_b32|rn50|rn101)", path.stem).group(1)]
     assert raw["INPUT"]["SIZE"] == "(224, 224)" or tuple(cfg.INPUT.SIZE) == (224, 224)
+
+
+def test_fp16_frozen_weights_keep_learnable_tensors_fp32_and_trainable():
+    from dpl_trainers.ivlp import IVLP_DEFAULTS, IVLPModel
+    from yacs.config import CfgNode as CN
+
+    model = IVLPModel(make_tiny_clip(), CLASSNAMES, CN(dict(IVLP_DEFAULTS, PROMPT_DEPTH_TEXT=2, PROMPT_DEPTH_VISION=2)))
+    model.half_frozen_weights()
+    assert model.clip.text_projection.dtype == torch.float16
+    assert all(p.dtype == torch.float32 for p in model.learnable_parameters())
+    logits = model(torch.randn(2, 3, 32, 32))
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1])).backward()
+    grads = [p.grad for p in model.learnable_parameters()]
+    assert all(g is not None and g.dtype == torch.float32 for g in grads)
+
+
+def test_loading_a_checkpoint_with_other_prompt_settings_is_a_clear_error(tmp_path, tiny_clip_path):
+    saved = build_trainer_in_process(tmp_path / "a", tiny_clip_path, "CoOp", "CoOp/vit_b16_ep50_ctxv1.yaml")
+    saved.save_model(0, str(tmp_path / "ckpt"))
+    other = build_trainer_in_process(tmp_path / "b", tiny_clip_path, "CoOp", "CoOp/vit_b16_ep50.yaml",
+                                     "TRAINER.COOP.N_CTX", "8")
+    with pytest.raises(CheckpointMismatchError, match=r"cannot load .*ckpt \(epoch 1\) into CoOp: .*shape differs"):
+        other.load_model(str(tmp_path / "ckpt"), epoch=1)
