@@ -145,3 +145,40 @@ def test_checkpoints_load_weights_only(tmp_path):
     trainer.save_model(0, str(tmp_path))
     ckpt = torch.load(tmp_path / "head" / "model.pth.tar-1", weights_only=True)
     assert set(ckpt) >= {"state_dict", "epoch", "optimizer", "scheduler", "val_result", "trainer_state"}
+
+
+def test_grad_scaler_state_travels_in_the_trainer_state(tmp_path):
+    trainer = BareTrainer(str(tmp_path))
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    trainer.scaler.scale(torch.ones(()))  # the scale tensor exists once something was scaled
+    trainer.scaler.update(new_scale=256.0)
+    trainer.save_model(0, str(tmp_path))
+    resumed = BareTrainer(str(tmp_path))
+    resumed.scaler = torch.amp.GradScaler("cpu", init_scale=2.0)
+    resumed.resume_model_if_exist(str(tmp_path))
+    assert resumed.scaler.get_scale() == 256.0
+
+
+def test_upstream_checkpoint_with_unimportable_classes_still_loads(tmp_path):
+    """Dassl checkpoints pickle its warmup scheduler objects; the tensors must load without Dassl."""
+    import sys
+    import types
+
+    fake = types.ModuleType("dassl_fake_optim")
+
+    class ConstantWarmupScheduler:
+        def __init__(self):
+            self.successor = {"T_max": 50}
+
+    ConstantWarmupScheduler.__module__ = "dassl_fake_optim"
+    ConstantWarmupScheduler.__qualname__ = "ConstantWarmupScheduler"
+    fake.ConstantWarmupScheduler = ConstantWarmupScheduler
+    sys.modules["dassl_fake_optim"] = fake
+    try:
+        path = tmp_path / "model.pth.tar-50"
+        torch.save({"state_dict": {"ctx": torch.ones(4, 8)}, "epoch": 50,
+                    "scheduler": {"successor": ConstantWarmupScheduler()}}, path)
+    finally:
+        del sys.modules["dassl_fake_optim"]
+    checkpoint = load_checkpoint(str(path))
+    assert torch.equal(checkpoint["state_dict"]["ctx"], torch.ones(4, 8)) and checkpoint["epoch"] == 50
