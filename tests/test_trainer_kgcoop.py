@@ -50,9 +50,7 @@ def test_frozen_teacher_is_the_dataset_template_by_the_same_clip_and_loss_is_log
         reference = F.normalize(model.clip.encode_text(tokenize(texts)).float(), dim=-1)
     torch.testing.assert_close(model.frozen_text_features, reference, atol=1e-5, rtol=1e-5)
     assert "frozen_text_features" not in model.learnable_state_dict()
-    images, labels = next(iter(trainer.test_loader))["img"], None
-    images = images[:2]
-    labels = torch.tensor([0, 1])
+    images, labels = next(iter(trainer.test_loader))["img"][:2], torch.tensor([0, 1])
     with torch.no_grad():
         logits, losses = trainer.compute_losses(images, labels)
         expected_kg = 2.5 * knowledge_guidance_loss(model.encode_text(), model.frozen_text_features)

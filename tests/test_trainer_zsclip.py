@@ -1,7 +1,6 @@
 """ZeroshotCLIP / ZeroshotCLIP2: hand-crafted templates, eval-only through train.py, fp32 fallback on CPU."""
 import json
 
-import pytest
 import torch
 import torch.nn.functional as F
 

@@ -157,7 +157,10 @@ class PromptSRCModel(IVLPModel):
 
 @TRAINER_REGISTRY.register()
 class PromptSRC(IVLP):
-    """PromptSRC (cfg node ``TRAINER.PROMPTSRC``); logs ``loss_ce``, ``loss_scl_text``, ``loss_scl_image``, ``loss_kl``."""
+    """PromptSRC (cfg node ``TRAINER.PROMPTSRC``).
+
+    Logs ``loss_ce``, ``loss_scl_text``, ``loss_scl_image``, ``loss_kl`` (weighted, summing to ``loss``).
+    """
 
     CFG_NODE = "PROMPTSRC"
     MODEL_NAME = "VLPromptLearner"

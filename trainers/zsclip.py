@@ -1,9 +1,11 @@
 """Zero-shot CLIP (CoOp's ``zsclip.py``): hand-crafted prompts, no training (``--eval-only``).
 
 ``ZeroshotCLIP`` uses the dataset's template from ``dpl.clip.CUSTOM_TEMPLATES``; ``ZeroshotCLIP2``
-ensembles CoOp's 7 ``IMAGENET_TEMPLATES_SELECT`` plus the dataset template (except for
-ImageNet, as upstream): normalised per-template features are averaged and re-normalised. The template list is built per instance (upstream extended a
-class-level list in place, so templates piled up across instances).
+ensembles CoOp's 7 ``IMAGENET_TEMPLATES_SELECT`` plus the dataset template (except for ImageNet,
+as upstream): normalised per-template features are averaged and re-normalised. The template list
+is built per instance (upstream extended a class-level list in place, so templates piled up
+across instances). Config: ``configs/trainers/ZeroshotCLIP/*.yaml`` (input settings, backbone and
+``TRAINER.ZSCLIP.PREC``); upstream's habit of passing ``CoOp/vit_b16.yaml`` works as well.
 """
 from dpl.clip import IMAGENET_TEMPLATES_SELECT, dataset_template
 from dpl.engine import TRAINER_REGISTRY
