@@ -10,7 +10,6 @@ import os
 import sys
 from pathlib import Path
 
-import torch
 import yaml
 
 from dpl.config import get_cfg_default

@@ -208,6 +208,9 @@ class TrainerBase:
         names = self.get_model_names()
         paths = [latest_checkpoint_path(os.path.join(directory, name)) for name in names]
         if not names or any(p is None or not os.path.isfile(p) for p in paths):
+            dangling = [p for p in paths if p is not None and not os.path.isfile(p)]
+            if dangling:  # e.g. checkpoint files deleted to save space: say why nothing is resumed
+                print(f"Note: {dangling} named by a checkpoint pointer file do not exist")
             print("No checkpoint found, train from scratch")
             return 0
         print(f"Found checkpoint at {directory} (will resume training)")
@@ -484,7 +487,8 @@ class TrainerX(SimpleTrainer):
             n_iter = self.epoch * self.num_batches + self.batch_idx
             for name, meter in losses.meters.items():
                 self.write_scalar("train/" + name, meter.avg, n_iter)
-            self.write_scalar("train/lr", self.get_current_lr(), n_iter)
+            if self._optims:
+                self.write_scalar("train/lr", self.get_current_lr(), n_iter)
             end = time.time()
 
     def progress_line(self, batch_time, data_time, losses):

@@ -1,5 +1,4 @@
 """Top-k accuracy in percent (Dassl's ``compute_accuracy``)."""
-import torch
 
 
 def compute_accuracy(output, target, topk=(1,)):
