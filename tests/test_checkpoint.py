@@ -182,3 +182,18 @@ def test_upstream_checkpoint_with_unimportable_classes_still_loads(tmp_path):
         del sys.modules["dassl_fake_optim"]
     checkpoint = load_checkpoint(str(path))
     assert torch.equal(checkpoint["state_dict"]["ctx"], torch.ones(4, 8)) and checkpoint["epoch"] == 50
+
+
+def test_load_pretrained_weights_copies_matching_tensors_and_lists_the_rest(tmp_path, capsys):
+    from dpl.utils import load_pretrained_weights
+
+    source = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 5))
+    path = tmp_path / "init.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in source.state_dict().items()}}, path)
+    target = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))  # second layer has another shape
+    load_pretrained_weights(target, str(path))
+    assert torch.equal(target[0].weight, source[0].weight)
+    assert not torch.equal(target[1].bias[:2], source[1].bias[:2])
+    out = capsys.readouterr().out
+    assert f"Successfully loaded pretrained weights from {path}" in out
+    assert "Layers discarded due to unmatched keys or size: ['1.weight', '1.bias']" in out
