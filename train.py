@@ -22,7 +22,7 @@ from dpl.engine import (
     output_dir_action,
     skip_message,
 )
-from dpl.utils import close_logger, collect_env_info, set_random_seed, setup_logger
+from dpl.utils import UnknownNameError, close_logger, collect_env_info, set_random_seed, setup_logger
 
 EXIT_RUN_ERROR = 1
 EXIT_CONFIG_ERROR = 2
@@ -163,12 +163,7 @@ def cli(argv=None):
         return EXIT_CONFIG_ERROR
     try:
         main(args, cfg)
-    except (UserError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return EXIT_RUN_ERROR
-    except ValueError as exc:
-        if "is not registered" not in str(exc):  # registry misses (check_availability) are user errors
-            raise
+    except (UserError, UnknownNameError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return EXIT_RUN_ERROR
     finally:

@@ -11,6 +11,10 @@ import dpl.project  # noqa: F401  (makes dpl_datasets / dpl_trainers importable)
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 
+# The tiny models are far too small for intra-op parallelism to pay off; with the 2 cores of CI shared
+# between pytest and the train.py subprocesses some tests start, one thread is several times faster.
+torch.set_num_threads(1)
+
 # A CLIP small enough for CPU tests. Head counts equal width // 64 because clip.model.build_model
 # re-infers them that way when a state dict is loaded back.
 TINY_CLIP = dict(

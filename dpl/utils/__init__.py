@@ -1,6 +1,6 @@
 from .logger import close_logger, setup_logger
 from .meters import AverageMeter, MetricMeter
-from .registry import Registry, check_availability
+from .registry import Registry, UnknownNameError, check_availability
 from .tools import (
     atomic_open,
     check_isfile,

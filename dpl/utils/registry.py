@@ -45,12 +45,16 @@ class Registry:
         return (f"do you mean [{close[0]}]? " if close else "") + f"registered: {known}"
 
 
+class UnknownNameError(ValueError):
+    """A name (trainer, dataset, optimizer, ...) that is not registered: a user error, not a bug."""
+
+
 def check_availability(requested, available, what):
-    """Raise a ValueError naming the closest registered name (Dassl's "do you mean" message)."""
+    """Raise UnknownNameError naming the closest registered name (Dassl's "do you mean" message)."""
     if requested in available:
         return
     close = difflib.get_close_matches(requested, available, n=1, cutoff=0.0)
     hint = f" (do you mean [{close[0]}]?)" if close else ""
-    raise ValueError(
+    raise UnknownNameError(
         f'The requested {what} "{requested}" is not registered; available: {sorted(available)}{hint}'
     )
