@@ -154,6 +154,13 @@ class ClipPromptModel(nn.Module):
     def learnable_parameters(self):
         return [p for p in self.parameters() if p.requires_grad]
 
+    def configure_text_encoder(self, chunk_size=0, checkpoint=False):
+        """Encode class prompts ``chunk_size`` at a time (0 = all) and/or with activation checkpointing.
+
+        Same features and gradients as the plain path; bounds the text tower's memory for many classes.
+        """
+        self.text_encoder = PromptedTextEncoder(self.clip, chunk_size=chunk_size, checkpoint=checkpoint)
+
     def train(self, mode=True):
         """Switch the learnable parts; the frozen CLIP always stays in eval mode (ResNet batch-norm stats)."""
         super().train(mode)
@@ -248,6 +255,7 @@ class ClipPromptTrainer(TrainerX):
         self.check_input_size(clip_model)
         print(f"Building {type(self).__name__} model")
         self.model = self.build_clip_model(clip_model, classnames)
+        self.configure_text_encoding(cfg.MODEL)
         if self.precision == "fp16":
             self.model.half_frozen_weights()
         self.model.to(self.device)
@@ -267,6 +275,17 @@ class ClipPromptTrainer(TrainerX):
         self.register_model(self.MODEL_NAME, self.model, self.optim, self.sched)
         if self.autocast_dtype == torch.float16:
             self.scaler = torch.amp.GradScaler(self.device.type)
+
+    def configure_text_encoding(self, model_cfg):
+        """Apply ``MODEL.TEXT_CHUNK_SIZE`` / ``MODEL.TEXT_CHECKPOINT`` (off by default) to the text encoder."""
+        chunk_size, checkpoint = model_cfg.TEXT_CHUNK_SIZE, bool(model_cfg.TEXT_CHECKPOINT)
+        if chunk_size < 0:
+            raise UserError(f"MODEL.TEXT_CHUNK_SIZE is {chunk_size}; use 0 (all prompts at once) or a positive "
+                            "number of prompts per chunk")
+        if chunk_size or checkpoint:
+            print(f"Text encoding: chunks of {chunk_size or 'all'} prompts, activation checkpointing "
+                  f"{'on' if checkpoint else 'off'}")
+            self.model.configure_text_encoder(chunk_size, checkpoint)
 
     def check_input_size(self, clip_model):
         resolution = clip_model.visual.input_resolution

@@ -95,6 +95,11 @@ _C.MODEL.BACKBONE.NAME = ""
 _C.MODEL.BACKBONE.PRETRAINED = True
 # Explicit CLIP weights file (OpenAI TorchScript archive or a state dict); empty = cache, then download.
 _C.MODEL.BACKBONE.PATH = ""
+# Trainable class-prompt encoding for many classes (e.g. ImageNet base, 500): encode at most
+# TEXT_CHUNK_SIZE prompts at a time (0 = all at once) and/or recompute the text blocks' activations
+# in the backward pass (TEXT_CHECKPOINT). Same features and gradients, less peak memory.
+_C.MODEL.TEXT_CHUNK_SIZE = 0
+_C.MODEL.TEXT_CHECKPOINT = False
 _C.MODEL.HEAD = CN()
 _C.MODEL.HEAD.NAME = ""
 _C.MODEL.HEAD.HIDDEN_LAYERS = ()

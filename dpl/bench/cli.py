@@ -1,0 +1,142 @@
+"""``python -m dpl.bench``: training-step time, peak memory and evaluation throughput of every trainer.
+
+Each trainer is built by its own code from its shipped config over synthetic classes and images, at a
+chosen CLIP architecture (random weights by default, no download), and measured in a fresh spawned
+process so that its peak memory is its own; the parent prints one table with ratios against
+PromptSRC and CoOp of the same run and can write the numbers as JSON.
+"""
+import argparse
+import datetime
+import os
+import platform
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from dpl.bench.measure import Task, cpu_peak_memory_supported, measure, measure_isolated
+from dpl.bench.models import ARCHITECTURES, RANDOM_ARCHITECTURES, TRAINER_CONFIGS, input_resolution, write_random_weights
+from dpl.bench.report import add_ratios, eval_compare_summary, report_document, report_text, target_check
+from dpl.utils.tools import write_json
+
+EVAL_COMPARE_TRAINER = "CoOp"
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m dpl.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="ViT-B/16", choices=ARCHITECTURES,
+                        help="CLIP architecture: random weights of a named shape, or 'pocket' (committed weights)")
+    parser.add_argument("--trainers", default=",".join(TRAINER_CONFIGS),
+                        help="comma-separated trainers (default: all of %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=4, help="training batch size")
+    parser.add_argument("--num-classes", type=int, default=10, help="number of classes")
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps per trainer")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed training steps before them")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    parser.add_argument("--eval-batch-size", type=int, default=100, help="evaluation batch size (upstream: 100)")
+    parser.add_argument("--eval-batches", type=int, default=2, help="evaluation batches per trainer (0: none)")
+    parser.add_argument("--eval-compare-classes", type=int, default=100,
+                        help=f"classes for the once-vs-per-batch class-prompt encoding comparison "
+                             f"({EVAL_COMPARE_TRAINER}; 0: skip)")
+    parser.add_argument("--text-chunk", type=int, default=0,
+                        help="also measure every trainer with MODEL.TEXT_CHUNK_SIZE set to this")
+    parser.add_argument("--text-checkpoint", action="store_true",
+                        help="also measure every trainer with MODEL.TEXT_CHECKPOINT True")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--in-process", action="store_true",
+                        help="measure in this process (faster start; peak memory then carries over between trainers)")
+    parser.add_argument("--json", type=Path, default=None, help="write the numbers to this JSON file")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    parser.add_argument("--verbose", action="store_true", help="show the trainers' build logs")
+    return parser
+
+
+def check_args(parser, args):
+    trainers = [name.strip() for name in args.trainers.split(",") if name.strip()]
+    unknown = [name for name in trainers if name not in TRAINER_CONFIGS]
+    if not trainers or unknown:
+        parser.error(f"--trainers {args.trainers!r}: unknown {unknown}; choose from {list(TRAINER_CONFIGS)}")
+    for flag in ("batch_size", "num_classes", "eval_batch_size"):
+        if getattr(args, flag) < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 1")
+    for flag in ("steps", "warmup", "eval_batches", "eval_compare_classes", "text_chunk"):
+        if getattr(args, flag) < 0:
+            parser.error(f"--{flag.replace('_', '-')} must be >= 0")
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available here; use --device cpu")
+    if args.json is not None and args.json.exists() and not args.overwrite:
+        parser.error(f"--json {args.json} exists; choose another path or add --overwrite")
+    return trainers
+
+
+def _load_average():
+    return [round(value, 2) for value in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def plan_tasks(args, trainers, backbone_name, weights_path, resolution, output_dir):
+    """(per-trainer tasks, eval-comparison task or None)."""
+    common = dict(backbone_name=backbone_name, weights_path=str(weights_path), resolution=resolution,
+                  device=args.device, output_dir=str(output_dir), batch_size=args.batch_size, steps=args.steps,
+                  warmup=args.warmup, eval_batch_size=args.eval_batch_size, seed=args.seed, verbose=args.verbose)
+    variants = [(0, False)]
+    if args.text_chunk or args.text_checkpoint:
+        variants.append((args.text_chunk, args.text_checkpoint))
+    tasks = [Task(trainer=trainer, num_classes=args.num_classes, eval_batches=args.eval_batches,
+                  text_chunk_size=chunk, text_checkpoint=checkpoint, **common)
+             for chunk, checkpoint in variants for trainer in trainers]
+    compare = None
+    if args.eval_compare_classes and args.eval_batches:
+        compare = Task(trainer=EVAL_COMPARE_TRAINER, num_classes=args.eval_compare_classes,
+                       eval_batches=args.eval_batches, eval_per_batch_text=True,
+                       **dict(common, steps=0, warmup=0))
+    return tasks, compare
+
+
+def run(args, trainers):
+    run_one = measure if args.in_process else measure_isolated
+    load_start = _load_average()
+    with tempfile.TemporaryDirectory(prefix="dpl-bench-") as scratch:
+        if args.arch in RANDOM_ARCHITECTURES:
+            backbone_name, weights_path = args.arch, write_random_weights(args.arch, scratch, args.seed)
+        else:
+            backbone_name, weights_path = args.arch, ""
+        resolution = input_resolution(args.arch, weights_path)
+        tasks, compare_task = plan_tasks(args, trainers, backbone_name, weights_path, resolution,
+                                         Path(scratch) / "output")
+        results = []
+        for task in tasks:
+            print(f"measuring {task.trainer} ({task.num_classes} classes, text chunk {task.text_chunk_size}, "
+                  f"checkpoint {task.text_checkpoint}) ...", file=sys.stderr, flush=True)
+            results.append(run_one(task))
+        compare = None
+        if compare_task is not None:
+            print(f"measuring evaluation at {compare_task.num_classes} classes ...", file=sys.stderr, flush=True)
+            compare = eval_compare_summary(run_one(compare_task))
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m dpl.bench " + " ".join(sys.argv[1:]),
+        "arch": args.arch, "weights": "random" if args.arch in RANDOM_ARCHITECTURES else args.arch,
+        "device": args.device, "batch_size": args.batch_size, "num_classes": args.num_classes,
+        "steps": args.steps, "warmup": args.warmup, "eval_batch_size": args.eval_batch_size,
+        "eval_batches": args.eval_batches, "isolated": not args.in_process,
+        "memory_kind": "CUDA max allocated" if torch.device(args.device).type == "cuda" else (
+            "peak RSS" if cpu_peak_memory_supported() else "unavailable (no /proc)"),
+        "host": platform.node(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "load_average_start": load_start, "load_average_end": _load_average(),
+    }
+    rows = add_ratios(results)
+    return rows, meta, compare, target_check(rows)
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    trainers = check_args(parser, args)
+    rows, meta, compare, check = run(args, trainers)
+    print(report_text(rows, meta, compare, check))
+    if args.json is not None:
+        write_json(report_document(rows, meta, compare, check), args.json)
+        print(f"wrote {args.json}")
+    return 0

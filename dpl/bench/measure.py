@@ -1,0 +1,199 @@
+"""One benchmark measurement: build a trainer, time its training steps, read peak memory, time evaluation.
+
+A ``Task`` describes one measurement; ``measure(task)`` runs it in the current process and
+``measure_isolated(task)`` in a fresh spawned process, so that each trainer's peak memory is its own
+(CPU: peak RSS above the RSS of the built model; CUDA: max allocated above the allocated memory of
+the built model).
+"""
+import contextlib
+import ctypes
+import ctypes.util
+import gc
+import io
+import multiprocessing
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from dpl.bench.models import EVAL_ONLY_TRAINERS, bench_cfg, build_bench_trainer
+
+PROC_STATUS = Path("/proc/self/status")
+PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
+RESET_PEAK_RSS = "5"  # clear_refs command that resets VmHWM to the current RSS (Linux >= 4.0)
+MIB = 2 ** 20
+
+
+@dataclass(frozen=True)
+class Task:
+    """What one measurement runs (picklable, so it can be sent to a spawned process)."""
+
+    trainer: str
+    backbone_name: str  # MODEL.BACKBONE.NAME
+    weights_path: str  # MODEL.BACKBONE.PATH ("" for a named backbone)
+    resolution: int
+    device: str
+    output_dir: str
+    num_classes: int
+    batch_size: int
+    steps: int  # timed training steps (0: no training)
+    warmup: int  # untimed training steps before them
+    eval_batch_size: int
+    eval_batches: int  # 0: no evaluation
+    eval_per_batch_text: bool = False  # also time evaluation that re-encodes the class prompts every batch
+    text_chunk_size: int = 0
+    text_checkpoint: bool = False
+    seed: int = 0
+    verbose: bool = False
+
+
+# ----- memory -----------------------------------------------------------------------------------
+def _status_kib(field):
+    for line in PROC_STATUS.read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(f"{field} is not in {PROC_STATUS}")
+
+
+def cpu_peak_memory_supported():
+    return PROC_STATUS.exists() and PROC_CLEAR_REFS.exists()
+
+
+def _release_free_memory():
+    """Collect garbage and hand freed heap pages back to the OS, so the RSS baseline is the live memory."""
+    gc.collect()
+    libc_name = ctypes.util.find_library("c")
+    if libc_name:
+        libc = ctypes.CDLL(libc_name)
+        if hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+
+
+class PeakMemory:
+    """Peak memory above a baseline taken at ``start()``: CUDA max allocated, or CPU peak RSS (VmHWM)."""
+
+    def __init__(self, device):
+        self.device = torch.device(device)
+        self.baseline = None
+
+    @property
+    def kind(self):
+        return "cuda_max_allocated" if self.device.type == "cuda" else "cpu_peak_rss"
+
+    def start(self):
+        _release_free_memory()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.baseline = torch.cuda.memory_allocated(self.device)
+        elif cpu_peak_memory_supported():
+            PROC_CLEAR_REFS.write_text(RESET_PEAK_RSS)
+            self.baseline = _status_kib("VmRSS") * 1024
+        return self
+
+    def read(self):
+        """(peak above the baseline, absolute peak) in MiB; (None, None) where it cannot be measured."""
+        if self.baseline is None:
+            return None, None
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            peak = _status_kib("VmHWM") * 1024
+        return (peak - self.baseline) / MIB, peak / MIB
+
+
+# ----- timing -----------------------------------------------------------------------------------
+def _synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(device, fn):
+    _synchronize(device)
+    start = time.perf_counter()
+    result = fn()
+    _synchronize(device)
+    return time.perf_counter() - start, result
+
+
+def synthetic_batch(batch_size, num_classes, resolution, device, generator):
+    """Random images ``[B, 3, R, R]`` and labels ``[B]`` on ``device``."""
+    images = torch.randn(batch_size, 3, resolution, resolution, generator=generator)
+    labels = torch.randint(num_classes, (batch_size,), generator=generator)
+    return images.to(device), labels.to(device)
+
+
+def training_step_seconds(trainer, batch, steps, warmup):
+    """Seconds of each timed ``forward_backward`` (forward, backward, optimizer step) after ``warmup`` steps."""
+    images, labels = batch
+    trainer.set_model_mode("train")
+    trainer.num_batches = steps + warmup + 1  # never the epoch's last batch: the LR schedule stays put
+    seconds = []
+    for index in range(warmup + steps):
+        trainer.batch_idx = index
+        elapsed, _ = _timed(trainer.device, lambda: trainer.forward_backward({"img": images, "label": labels}))
+        if index >= warmup:
+            seconds.append(elapsed)
+    return seconds
+
+
+@torch.no_grad()
+def evaluation_seconds(trainer, batches, per_batch_text=False):
+    """Seconds to classify ``batches`` as ``ClipPromptTrainer.test`` does: the class prompts encoded once,
+    then ``model(images, text_features)`` per batch; ``per_batch_text`` re-encodes them for every batch
+    (``model(images)``, the upstream Dassl/CoOp evaluation)."""
+    model = trainer.model
+    trainer.set_model_mode("eval")
+
+    def run():
+        with trainer.autocast():
+            text_features = None if per_batch_text else model.encode_text()
+            for images in batches:
+                model(images, text_features=text_features)
+
+    elapsed, _ = _timed(trainer.device, run)
+    return elapsed
+
+
+# ----- one measurement --------------------------------------------------------------------------
+def measure(task):
+    """Run ``task`` in this process; a dict of its settings and results (seconds, MiB, images/s)."""
+    torch.manual_seed(task.seed)
+    cfg = bench_cfg(task.trainer, task.backbone_name, task.weights_path, task.resolution, task.device,
+                    task.output_dir, task.text_chunk_size, task.text_checkpoint)
+    log = io.StringIO()
+    with contextlib.nullcontext() if task.verbose else contextlib.redirect_stdout(log):
+        trainer = build_bench_trainer(cfg, task.num_classes)
+    device = trainer.device
+    generator = torch.Generator().manual_seed(task.seed)
+    result = dict(asdict(task), device=str(device), precision=trainer.precision,
+                  learnable_parameters=sum(p.numel() for p in trainer.model.learnable_parameters()))
+    if task.steps > 0 and task.trainer not in EVAL_ONLY_TRAINERS:
+        batch = synthetic_batch(task.batch_size, task.num_classes, task.resolution, device, generator)
+        memory = PeakMemory(device).start()
+        seconds = training_step_seconds(trainer, batch, task.steps, task.warmup)
+        peak, peak_total = memory.read()
+        result.update(step_seconds=seconds, step_seconds_median=statistics.median(seconds),
+                      peak_memory_mib=peak, peak_memory_total_mib=peak_total, memory_kind=memory.kind)
+        del batch
+    if task.eval_batches > 0:
+        batches = [synthetic_batch(task.eval_batch_size, task.num_classes, task.resolution, device, generator)[0]
+                   for _ in range(task.eval_batches)]
+        images = task.eval_batch_size * task.eval_batches
+        seconds = evaluation_seconds(trainer, batches)
+        result.update(eval_seconds=seconds, eval_images_per_second=images / seconds)
+        if task.eval_per_batch_text:
+            seconds = evaluation_seconds(trainer, batches, per_batch_text=True)
+            result.update(eval_per_batch_text_seconds=seconds,
+                          eval_per_batch_text_images_per_second=images / seconds)
+    return result
+
+
+def measure_isolated(task):
+    """``measure(task)`` in a freshly spawned Python process (its own peak RSS and CUDA context)."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(measure, task).result()
