@@ -1,0 +1,150 @@
+"""The benchmark harness (quick form on the tiny CLIP; no timing assertions) and the chunked /
+checkpointed text-encoding switch (MODEL.TEXT_CHUNK_SIZE, MODEL.TEXT_CHECKPOINT)."""
+import json
+
+import pytest
+import torch
+
+from dpl.bench.cli import main as bench_main
+from dpl.bench.measure import Task, measure
+from dpl.bench.models import build_bench_trainer, bench_cfg, write_random_weights
+from dpl.bench.report import add_ratios, target_check
+from dpl.engine.errors import UserError
+
+from test_trainer_base import build_trainer_in_process
+
+QUICK = ["--arch", "tiny", "--steps", "2", "--warmup", "1", "--num-classes", "5", "--eval-batch-size", "4",
+         "--eval-batches", "1"]
+RESULT_KEYS = {"trainer", "variant", "step_seconds", "step_seconds_median", "peak_memory_mib",
+               "peak_memory_total_mib", "memory_kind", "eval_images_per_second", "step_vs_PromptSRC", "step_vs_CoOp",
+               "memory_vs_PromptSRC", "memory_vs_CoOp", "num_classes", "batch_size", "precision"}
+
+
+def test_quick_benchmark_prints_table_and_writes_json(tmp_path, capsys):
+    """The CI form: two trainers (incl. DropoutPrompt) in spawned processes, the eval comparison, JSON."""
+    out = tmp_path / "bench.json"
+    code = bench_main(QUICK + ["--trainers", "PromptSRC,DropoutPrompt", "--eval-compare-classes", "6",
+                               "--json", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "| trainer" in text and "x PromptSRC" in text and "eval img/s" in text
+    assert "Target DropoutPrompt <= 1.15x PromptSRC" in text and "Evaluation, CoOp at 6 classes" in text
+    doc = json.loads(out.read_text())
+    assert set(doc) == {"benchmark", "results", "eval_compare", "targets"}
+    assert doc["benchmark"]["arch"] == "tiny" and doc["benchmark"]["isolated"] is True
+    rows = {row["trainer"]: row for row in doc["results"]}
+    assert set(rows) == {"PromptSRC", "DropoutPrompt"}
+    for row in rows.values():
+        assert RESULT_KEYS <= set(row)
+        assert len(row["step_seconds"]) == 2 and row["step_seconds_median"] > 0
+        assert row["peak_memory_mib"] is not None and row["peak_memory_total_mib"] > row["peak_memory_mib"]
+        assert row["eval_images_per_second"] > 0 and row["variant"] == "plain"
+        assert row["step_vs_CoOp"] is None  # CoOp was not measured
+    assert rows["PromptSRC"]["step_vs_PromptSRC"] == 1.0
+    expected = rows["DropoutPrompt"]["step_seconds_median"] / rows["PromptSRC"]["step_seconds_median"]
+    assert rows["DropoutPrompt"]["step_vs_PromptSRC"] == pytest.approx(expected)
+    assert doc["targets"]["step_ratio"] == pytest.approx(expected)
+    assert doc["targets"]["step_met"] == (expected <= 1.15)
+    compare = doc["eval_compare"]
+    assert compare["num_classes"] == 6 and compare["once_images_per_second"] > 0
+    assert compare["speedup"] == pytest.approx(compare["once_images_per_second"] / compare["per_batch_images_per_second"])
+
+
+def test_text_switch_variant_rows_and_ratios_within_variant(tmp_path, capsys):
+    code = bench_main(QUICK + ["--trainers", "ZeroshotCLIP,CoOp", "--eval-compare-classes", "0", "--text-chunk", "2",
+                               "--text-checkpoint", "--in-process", "--json", str(tmp_path / "b.json")])
+    assert code == 0
+    assert "chunk 2 + checkpoint" in capsys.readouterr().out
+    doc = json.loads((tmp_path / "b.json").read_text())
+    rows = {(row["trainer"], row["variant"]): row for row in doc["results"]}
+    assert set(rows) == {(t, v) for t in ("ZeroshotCLIP", "CoOp") for v in ("plain", "chunk 2 + checkpoint")}
+    assert rows["CoOp", "chunk 2 + checkpoint"]["step_vs_CoOp"] == 1.0  # against CoOp of the same variant
+    zero_shot = rows["ZeroshotCLIP", "plain"]
+    assert "step_seconds" not in zero_shot and zero_shot["eval_images_per_second"] > 0  # eval only
+    assert doc["eval_compare"] is None and doc["targets"] is None
+
+
+def test_cli_refuses_bad_arguments(tmp_path):
+    existing = tmp_path / "old.json"
+    existing.write_text("{}")
+    for argv in (["--trainers", "CoOp,Nope"], ["--json", str(existing)], ["--steps", "-1"]):
+        with pytest.raises(SystemExit) as exc:
+            bench_main(["--arch", "tiny"] + argv)
+        assert exc.value.code == 2
+    assert existing.read_text() == "{}"
+
+
+def test_ratios_and_target_check():
+    def result(trainer, step, memory, chunk=0):
+        return dict(trainer=trainer, step_seconds_median=step, peak_memory_mib=memory, text_chunk_size=chunk,
+                    text_checkpoint=False)
+
+    rows = add_ratios([result("CoOp", 1.0, 100.0), result("PromptSRC", 2.0, 200.0),
+                       result("DropoutPrompt", 2.4, 210.0), result("PromptSRC", 4.0, 50.0, chunk=8)])
+    by = {(r["trainer"], r["variant"]): r for r in rows}
+    assert by["DropoutPrompt", "plain"]["step_vs_PromptSRC"] == pytest.approx(1.2)
+    assert by["DropoutPrompt", "plain"]["memory_vs_CoOp"] == pytest.approx(2.1)
+    assert by["PromptSRC", "chunk 8"]["memory_vs_PromptSRC"] == 1.0
+    assert by["PromptSRC", "chunk 8"]["step_vs_CoOp"] is None
+    check = target_check(rows)
+    assert check["step_met"] is False and check["memory_met"] is True
+    assert check["memory_ratio"] == pytest.approx(1.05)
+
+
+def test_measure_in_process_reports_eval_throughput_of_both_encodings(tmp_path):
+    weights = write_random_weights("tiny", tmp_path)
+    task = Task(trainer="CoOp", backbone_name="tiny", weights_path=str(weights), resolution=32, device="cpu",
+                output_dir=str(tmp_path / "out"), num_classes=3, batch_size=2, steps=1, warmup=0,
+                eval_batch_size=2, eval_batches=2, eval_per_batch_text=True)
+    result = measure(task)
+    assert result["precision"] == "fp32" and result["learnable_parameters"] == 4 * 128  # 4 ctx tokens x width
+    assert result["eval_per_batch_text_images_per_second"] > 0 and result["eval_images_per_second"] > 0
+
+
+# ----- the chunked / checkpointed text-encoding switch -------------------------------------------------
+def _step_outputs(trainer, images, labels):
+    """Logits, loss components and learnable gradients of one training forward/backward (no update)."""
+    trainer.set_model_mode("train")
+    trainer.model.zero_grad(set_to_none=True)
+    logits, losses = trainer.compute_losses(images, labels)
+    sum(losses.values()).backward()
+    grads = {name: p.grad.clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
+    return logits.detach(), {k: v.detach() for k, v in losses.items()}, grads
+
+
+@pytest.mark.parametrize("trainer_name, config, opts", [
+    ("CoOp", "CoOp/vit_b16_ctxv1.yaml", ()),
+    ("PromptSRC", "PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml", ()),
+    # No random perturbation, so both runs are comparable; the MAG features still come from the hooks.
+    ("DropoutPrompt", "DropoutPrompt/vit_b16_c2_ep20_batch4_4+4ctx.yaml", ("TRAINER.DPL.PERTURBATION", "none")),
+])
+def test_chunked_checkpointed_text_encoding_gives_same_logits_and_gradients(tmp_path, tiny_clip_path, trainer_name,
+                                                                           config, opts):
+    plain = build_trainer_in_process(tmp_path / "plain", tiny_clip_path, trainer_name, config, *opts)
+    chunked = build_trainer_in_process(tmp_path / "chunked", tiny_clip_path, trainer_name, config, *opts,
+                                       "MODEL.TEXT_CHUNK_SIZE", "3", "MODEL.TEXT_CHECKPOINT", "True")
+    encoder = chunked.model.text_encoder
+    assert (encoder.chunk_size, encoder.checkpoint) == (3, True)
+    assert plain.model.text_encoder.chunk_size == 0 and not plain.model.text_encoder.checkpoint
+    assert plain.num_classes == 4  # 4 classes: chunks of 3 and 1
+    chunked.model.load_learnable_state_dict(plain.model.learnable_state_dict())
+    generator = torch.Generator().manual_seed(0)
+    images, labels = torch.randn(2, 3, 32, 32, generator=generator), torch.tensor([0, 3])
+    logits_a, losses_a, grads_a = _step_outputs(plain, images, labels)
+    logits_b, losses_b, grads_b = _step_outputs(chunked, images, labels)
+    torch.testing.assert_close(logits_b, logits_a, rtol=1e-5, atol=1e-5)
+    assert losses_a.keys() == losses_b.keys()
+    for name in losses_a:
+        torch.testing.assert_close(losses_b[name], losses_a[name], rtol=1e-5, atol=1e-6)
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for name in grads_a:
+        assert grads_a[name].abs().sum() > 0, f"{name} got no gradient"
+        # chunks change the float summation order of the shared-context gradient: compare at its scale
+        scale = grads_a[name].abs().max().item()
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-4 * scale)
+
+
+def test_negative_text_chunk_size_is_a_clear_error(tmp_path, tiny_clip_path):
+    cfg = bench_cfg("CoOp", "", tiny_clip_path, 32, "cpu", tmp_path, text_chunk_size=-1)
+    with pytest.raises(UserError, match="MODEL.TEXT_CHUNK_SIZE is -1"):
+        build_bench_trainer(cfg, num_classes=2)
