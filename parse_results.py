@@ -183,16 +183,24 @@ def parse_run(run_dir, keyword="accuracy", end_signals=None, use_json=True):
         if value is not None:
             result.source, result.metrics[keyword] = os.path.join(run_dir, name), value
             return result
-    result.problem = describe_missing(logs, keyword, end_signals)
+    result.problem = describe_missing(logs, keyword, end_signals, unusable_json=use_json and os.path.isfile(json_path))
     return result
 
 
-def describe_missing(logs, keyword, end_signals):
-    if not logs:
+def describe_missing(logs, keyword, end_signals, unusable_json=False):
+    """Why a run folder has no result; ``unusable_json``: a results.json exists but holds no final result."""
+    if unusable_json:  # e.g. truncated by a full disk, or written by a test mid-training
+        prefix = f"{RESULTS_JSON} is unreadable or holds no final {keyword} (rerun the run's script to finish it)"
+        if not logs:
+            return f"{prefix}; no log.txt"
+        prefix += "; "
+    elif not logs:
         return "no results.json and no log.txt (not run yet?)"
+    else:
+        prefix = ""
     signals = " / ".join(f"'{s}'" for s in (end_signals or TRAIN_END_SIGNALS))
     hint = "" if end_signals == (TEST_END_SIGNAL,) else "; eval-only logs need --test-log"
-    return f"no '* {keyword}: X%' line after {signals} in {', '.join(logs)} (unfinished?{hint})"
+    return f"{prefix}no '* {keyword}: X%' line after {signals} in {', '.join(logs)} (unfinished?{hint})"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -114,10 +114,26 @@ def setup_cfg(args):
     return cfg
 
 
+def one_line(exc):
+    """``exc``'s message on one line.
+
+    A DataLoader worker's error reaches the main process re-raised with the worker's traceback in its
+    message; its own message is then the last line (``module.Class: message``). Other multi-line
+    messages (YAML parse errors) are joined.
+    """
+    message = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 else str(exc)
+    lines = [line.strip() for line in str(message).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[1].startswith("Original Traceback"):
+        last = lines[-1]
+        for prefix in (f"{type(exc).__module__}.{type(exc).__qualname__}: ", f"{type(exc).__qualname__}: "):
+            last = last[len(prefix):] if last.startswith(prefix) else last
+        return last
+    return " ".join(lines) or type(exc).__name__
+
+
 def _config_error(exc):
     """One line for a config mistake (yacs raises KeyError/ValueError/AssertionError with the key in it)."""
-    message = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
-    return f"Config error: {message}"
+    return f"Config error: {one_line(exc)}"
 
 
 def main(args, cfg=None):
@@ -164,7 +180,7 @@ def cli(argv=None):
     try:
         main(args, cfg)
     except (UserError, UnknownNameError, FileNotFoundError, NotADirectoryError, PermissionError) as exc:
-        print(f"Error: {exc}", file=sys.stderr)
+        print(f"Error: {one_line(exc)}", file=sys.stderr)
         return EXIT_RUN_ERROR
     finally:
         close_logger()

@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 
 from dpl.clip.package import MODEL_URLS, clip
+from dpl.utils.errors import InvalidInputError, UserError
+from dpl.utils.registry import UnknownNameError
 
 CACHE_ENV = "DPL_CLIP_CACHE"
 PATH_KEY = "MODEL.BACKBONE.PATH"
@@ -25,6 +27,17 @@ POCKET_PATH = Path(__file__).resolve().parent / "assets" / "pocket_clip.pt"
 DOWNLOAD_TIMEOUT_S = 60
 _CHUNK_BYTES = 1 << 20
 _METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")  # non-weight entries of OpenAI archives
+
+
+class ChecksumMismatchError(UserError, RuntimeError):
+    """A cached weights file whose SHA256 differs from the one the ``clip`` package publishes."""
+
+
+def _first_line(exc, max_chars=120):
+    """The start of ``exc``'s message: torch's load errors run over many lines of advice for other cases."""
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= max_chars else line[: max_chars - 3] + "..."
 
 
 def clip_cache_dir():
@@ -90,7 +103,9 @@ def _model_url(name):
         return MODEL_URLS[name]
     names = available_backbones()
     closest = difflib.get_close_matches(name, names, n=len(names), cutoff=0.0)
-    raise ValueError(f"unknown CLIP backbone {name!r} (MODEL.BACKBONE.NAME); available, closest first: {closest}")
+    raise UnknownNameError(
+        f"unknown CLIP backbone {name!r} (MODEL.BACKBONE.NAME); available, closest first: {closest}"
+    )
 
 
 def sha256_of(path):
@@ -105,7 +120,7 @@ def _check_cached_file(target, expected_sha256):
     # A mismatching file may be the user's own (e.g. fine-tuned) weights: never overwrite it silently.
     actual = sha256_of(target)
     if actual != expected_sha256:
-        raise RuntimeError(
+        raise ChecksumMismatchError(
             f"{target} does not match its SHA256 checksum (expected {expected_sha256}, got {actual}); "
             f"delete it to download it again, or set {PATH_KEY} to that file to use it as it is"
         )
@@ -123,7 +138,7 @@ def download_verified(url, target, expected_sha256):
                 handle.write(block)
                 digest.update(block)
         if digest.hexdigest() != expected_sha256:
-            raise RuntimeError(
+            raise ChecksumMismatchError(
                 f"the file downloaded from {url} does not match its SHA256 checksum "
                 f"(expected {expected_sha256}, got {digest.hexdigest()}); try again later"
             )
@@ -146,14 +161,15 @@ def read_clip_state_dict(path):
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types (UnpicklingError, KeyError, EOFError, RuntimeError)
-        raise ValueError(
-            f"{path} is neither a TorchScript archive nor a torch state dict ({type(exc).__name__}: {exc}); "
+        raise InvalidInputError(
+            f"{path} is neither a TorchScript archive nor a torch state dict ({type(exc).__name__}: "
+            f"{_first_line(exc)}); "
             f"point {PATH_KEY} at a CLIP weights file"
         ) from exc
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, Mapping) or not all(torch.is_tensor(v) for v in loaded.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors; point {PATH_KEY} at a CLIP weights file")
+        raise InvalidInputError(f"{path} does not hold a state dict of tensors; point {PATH_KEY} at a CLIP weights file")
     return dict(loaded)
 
 
@@ -164,9 +180,9 @@ def load_clip(name, path="", device="cpu"):
     try:
         model = clip.model.build_model(dict(state_dict))  # build_model deletes metadata keys of its argument
     except (KeyError, RuntimeError, AssertionError) as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else ""
-        raise ValueError(
-            f"{weights} is not a CLIP state dict that clip.model.build_model accepts ({type(exc).__name__}: {first_line})"
+        raise InvalidInputError(
+            f"{weights} is not a CLIP state dict that clip.model.build_model accepts "
+            f"({type(exc).__name__}: {_first_line(exc)}); point {PATH_KEY} at a CLIP weights file"
         ) from exc
     # build_model stores the weights in fp16; reload them into the fp32 model so fp32 files (pocket,
     # fine-tuned) keep full precision. OpenAI's fp16 files give the same values either way.

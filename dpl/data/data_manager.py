@@ -16,6 +16,8 @@ from tabulate import tabulate
 from torch.utils.data import DataLoader, Dataset as TorchDataset
 from torchvision import transforms as T
 
+from dpl.utils.errors import InvalidInputError, UnreadableFileError
+
 from .datasets import build_dataset
 from .samplers import build_sampler
 from .transforms import build_transform, interpolation_mode
@@ -42,7 +44,10 @@ def read_image(path):
     except FileNotFoundError as err:
         raise FileNotFoundError(f"Image file not found: {path}") from err
     except OSError as err:
-        raise OSError(f"Cannot read image {path}: {err}") from err
+        raise UnreadableFileError(
+            f"Cannot read image {path}: {err}. The file is damaged or not an image: replace it from the "
+            "original dataset archive"
+        ) from err
 
 
 def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, batch_size=64, n_domain=0,
@@ -53,7 +58,7 @@ def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, b
     loader) drives the sampler and the workers' base seed.
     """
     if not data_source:
-        raise ValueError(
+        raise InvalidInputError(
             f"Cannot build a {'training' if is_train else 'evaluation'} data loader: the split is empty "
             f"(dataset {cfg.DATASET.NAME}, DATASET.NUM_SHOTS={cfg.DATASET.NUM_SHOTS}, "
             f"SUBSAMPLE_CLASSES={cfg.DATASET.SUBSAMPLE_CLASSES}). Check DATASET.ROOT or run "

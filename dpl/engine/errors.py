@@ -1,12 +1,10 @@
 """Errors caused by what the user asked for (input, paths, state of an output dir).
 
 ``train.py`` prints their message as one line and exits non-zero, without a traceback; any other
-exception is a bug and keeps its traceback. Other modules may raise these (or subclass ``UserError``).
+exception is a bug and keeps its traceback. Other modules may raise these (or subclass ``UserError``,
+which lives in ``dpl.utils.errors`` so that the data and CLIP layers can raise it too).
 """
-
-
-class UserError(Exception):
-    """An error the user can fix; its message says how."""
+from dpl.utils.errors import UserError
 
 
 class RunLockError(UserError):

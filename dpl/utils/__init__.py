@@ -1,3 +1,4 @@
+from .errors import InvalidInputError, UnreadableFileError, UserError
 from .logger import close_logger, setup_logger
 from .meters import AverageMeter, MetricMeter
 from .registry import Registry, UnknownNameError, check_availability

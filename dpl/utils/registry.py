@@ -1,6 +1,8 @@
 """Name -> class registries (Dassl-compatible: keys are class names)."""
 import difflib
 
+from .errors import UserError
+
 
 class Registry:
     """A registry of classes keyed by their ``__name__``.
@@ -45,7 +47,7 @@ class Registry:
         return (f"do you mean [{close[0]}]? " if close else "") + f"registered: {known}"
 
 
-class UnknownNameError(ValueError):
+class UnknownNameError(UserError, ValueError):
     """A name (trainer, dataset, optimizer, ...) that is not registered: a user error, not a bug."""
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from .errors import UnreadableFileError
 from .tools import atomic_open, mkdir_if_missing
 
 CHECKPOINT_POINTER = "checkpoint"
@@ -99,11 +100,18 @@ def load_checkpoint(fpath):
         raise FileNotFoundError(f'File is not found at "{fpath}"')
     map_location = None if torch.cuda.is_available() else "cpu"
     try:
-        return torch.load(fpath, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        return torch.load(
-            fpath, map_location=map_location, weights_only=False, pickle_module=_TolerantPickleModule
-        )
+        try:
+            return torch.load(fpath, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError:
+            return torch.load(
+                fpath, map_location=map_location, weights_only=False, pickle_module=_TolerantPickleModule
+            )
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as err:  # truncated zip, empty or foreign file
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise UnreadableFileError(
+            f"Checkpoint {fpath} cannot be read ({reason}): it is truncated or not a checkpoint "
+            "(choose another --model-dir / --load-epoch, or delete it and train again)"
+        ) from err
 
 
 def latest_checkpoint_path(fdir):

@@ -26,6 +26,8 @@ Test-only datasets (``test_only = True``: ImageNetV2/-Sketch/-A/-R) return ``rea
 """
 import os
 
+from dpl.utils.errors import InvalidInputError
+
 from .base_dataset import DatasetBase
 from .fewshot_cache import CACHE_DIRNAME, fewshot_splits
 from .splits import check_image_files, read_split, save_split
@@ -116,7 +118,7 @@ class BenchmarkDataset(DatasetBase):
                 print(f"{self.name} is a test-only dataset: NUM_SHOTS, SUBSAMPLE_CLASSES and IMBALANCE_RATIO are ignored")
             return train, None, test
         if ds.IMBALANCE_RATIO < 1:
-            raise ValueError(f"DATASET.IMBALANCE_RATIO must be >= 1 (1 = balanced), got {ds.IMBALANCE_RATIO}.")
+            raise InvalidInputError(f"DATASET.IMBALANCE_RATIO must be >= 1 (1 = balanced), got {ds.IMBALANCE_RATIO}.")
         val_is_test = val is test
         train, val = fewshot_splits(train, val, num_shots=ds.NUM_SHOTS, seed=cfg.SEED,
                                     dataset_dir=self.dataset_dir, fewshot_val=self.fewshot_val)

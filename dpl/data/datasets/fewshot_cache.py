@@ -20,6 +20,7 @@ import json
 import os
 import pickle
 
+from dpl.utils.errors import InvalidInputError
 from dpl.utils.tools import atomic_open
 
 from .datum import Datum
@@ -129,9 +130,9 @@ def read_upstream_cache(path, dataset_dir, train, val, fewshot_val=True):
         with open(path, "rb") as f:
             data = _UpstreamCacheUnpickler(f).load()
     except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as err:
-        raise ValueError(f"Few-shot cache {path} cannot be read ({err}); move it away to draw a new sample.") from err
+        raise InvalidInputError(f"Few-shot cache {path} cannot be read ({err}); move it away to draw a new sample.") from err
     if not isinstance(data, dict) or "train" not in data or (fewshot_val and "val" not in data):
-        raise ValueError(f"Few-shot cache {path} is not an upstream few-shot cache (expected a dict with "
+        raise InvalidInputError(f"Few-shot cache {path} is not an upstream few-shot cache (expected a dict with "
                          f"'train'{' and val' if fewshot_val else ''}); move it away to draw a new sample.")
     fs_train = _datums_from_pickle(data["train"], dataset_dir)
     fs_val = _datums_from_pickle(data["val"], dataset_dir) if fewshot_val else val

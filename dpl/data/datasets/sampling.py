@@ -5,6 +5,9 @@ For a given state of the random generator (by default Python's global ``random``
 ``DatasetBase.generate_fewshot_dataset`` draws: labels are visited in order of first appearance in
 the source, the items of a label in source order, and each label consumes exactly one
 ``random.sample`` (or ``random.choices`` with ``repeat``) call, none when it has too few items.
+
+A label with fewer than ``num_shots`` items keeps all of them (Dassl's behaviour) and one warning line
+names how many labels are short, so a "16-shot" result on such a dataset is not taken at face value.
 """
 import random
 from collections import defaultdict
@@ -26,6 +29,17 @@ def _draw(items, num_shots, repeat, rng):
     return items
 
 
+def _warn_short_labels(groups, num_shots, repeat):
+    """One line when some labels have fewer than ``num_shots`` items (``groups``: label -> items)."""
+    short = [(items[0].classname or label, len(items)) for label, items in groups.items() if len(items) < num_shots]
+    if not short:
+        return
+    examples = ", ".join(f"{name}: {count}" for name, count in short[:3]) + (", ..." if len(short) > 3 else "")
+    kept = ("their images are drawn with repetition" if repeat
+            else f"all of their images are used, so they get fewer than {num_shots} shots")
+    print(f"WARNING: {len(short)} of {len(groups)} classes have fewer than {num_shots} images ({examples}); {kept}")
+
+
 def sample_fewshot(*data_sources, num_shots=-1, repeat=False, rng=random):
     """Keep ``num_shots`` random items per label of each source (all of them where fewer exist).
 
@@ -38,7 +52,9 @@ def sample_fewshot(*data_sources, num_shots=-1, repeat=False, rng=random):
     output = []
     for data_source in data_sources:
         sampled = []
-        for items in group_by_label(data_source).values():
+        groups = group_by_label(data_source)
+        for items in groups.values():
             sampled.extend(_draw(items, num_shots, repeat, rng))
+        _warn_short_labels(groups, num_shots, repeat)
         output.append(sampled)
     return output[0] if len(output) == 1 else output

@@ -17,6 +17,7 @@ import os
 import random
 from collections import defaultdict
 
+from dpl.utils.errors import InvalidInputError
 from dpl.utils.tools import listdir_nohidden, write_json
 
 from .datum import Datum
@@ -31,10 +32,10 @@ def read_split(filepath, path_prefix):
         with open(filepath, "r") as f:
             split = json.load(f)
     except json.JSONDecodeError as err:
-        raise ValueError(f"Split file {filepath} is not valid JSON ({err}); download it again.") from err
+        raise InvalidInputError(f"Split file {filepath} is not valid JSON ({err}); download it again.") from err
     missing = [key for key in SPLIT_KEYS if key not in split]
     if missing:
-        raise ValueError(f"Split file {filepath} has no {missing} entries (expected keys {list(SPLIT_KEYS)}).")
+        raise InvalidInputError(f"Split file {filepath} has no {missing} entries (expected keys {list(SPLIT_KEYS)}).")
     return tuple(_items_from_rows(split[key], path_prefix, filepath) for key in SPLIT_KEYS)
 
 
@@ -43,7 +44,7 @@ def _items_from_rows(rows, path_prefix, filepath):
         return [Datum(impath=os.path.join(path_prefix, rel), label=int(label), classname=cname)
                 for rel, label, cname in rows]
     except (TypeError, ValueError) as err:
-        raise ValueError(f"Split file {filepath}: rows must be [relative_path, label, classname] ({err}).") from err
+        raise InvalidInputError(f"Split file {filepath}: rows must be [relative_path, label, classname] ({err}).") from err
 
 
 def relative_path(impath, path_prefix):

@@ -12,6 +12,8 @@ import math
 import random
 from collections import Counter, defaultdict
 
+from dpl.utils.errors import InvalidInputError
+
 from .datum import Datum
 
 SUBSAMPLE_CHOICES = ("all", "base", "new")
@@ -25,7 +27,7 @@ def subsample_classes(*splits, subsample="all"):
     labels and relabelled ``0..m-1`` in label order (class names kept). ``all`` returns the splits.
     """
     if subsample not in SUBSAMPLE_CHOICES:
-        raise ValueError(f'DATASET.SUBSAMPLE_CLASSES must be one of {list(SUBSAMPLE_CHOICES)}, got "{subsample}".')
+        raise InvalidInputError(f'DATASET.SUBSAMPLE_CLASSES must be one of {list(SUBSAMPLE_CHOICES)}, got "{subsample}".')
     if subsample == "all":
         return splits
     labels = sorted({item.label for item in splits[0]})
@@ -55,7 +57,7 @@ def subsample_long_tail(train, ratio, seed):
     state; ``seed < 0`` draws unseeded), in their original order. Prints the ratio obtained.
     """
     if ratio < 1:
-        raise ValueError(f"DATASET.IMBALANCE_RATIO must be >= 1 (1 = balanced), got {ratio}.")
+        raise InvalidInputError(f"DATASET.IMBALANCE_RATIO must be >= 1 (1 = balanced), got {ratio}.")
     indices = defaultdict(list)  # label -> positions in train
     for position, item in enumerate(train):
         indices[item.label].append(position)

@@ -1,0 +1,345 @@
+"""The bad-input matrix (issue 9): every mistake a user can make with paths, configs, data, weights,
+checkpoints and result folders ends in ONE actionable line and a non-zero exit code.
+
+Each case runs the real entry point: ``train.py`` through its ``cli(argv)`` in-process (a subprocess
+costs the torch import), the protocol scripts with bash, ``parse_results.main(argv)``. ``train.py``
+exits 2 for command-line/config errors (nothing written) and 1 for run errors.
+"""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from datagen import make_dataset
+from dpl.project import PROJECT_ROOT
+from dpl.utils import close_logger
+
+spec = importlib.util.spec_from_file_location("dpl_train_bad_inputs", PROJECT_ROOT / "train.py")
+TRAIN = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(TRAIN)
+sys.path.insert(0, str(PROJECT_ROOT))
+import parse_results  # noqa: E402
+
+CONFIG = PROJECT_ROOT / "configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml"
+DTD_CONFIG = PROJECT_ROOT / "configs/datasets/dtd.yaml"
+
+
+@pytest.fixture(autouse=True)
+def quick_env_info(monkeypatch):
+    """torch's collect_env runs `pip list` (~3 s a call); what it prints is not under test here."""
+    monkeypatch.setattr(TRAIN, "collect_env_info", lambda: "(environment not collected in this test)")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    make_dataset(root, "dtd", n_classes=4, per_class=6)
+    return root
+
+
+def argv_for(root, out, weights, *opts, trainer="CoOp", flags=()):
+    """A CoOp run on the synthetic DTD with the tiny CLIP; ``opts`` come last and override."""
+    return [
+        "--root", str(root), "--seed", "1", "--trainer", trainer, "--output-dir", str(out),
+        "--dataset-config-file", str(DTD_CONFIG), "--config-file", str(CONFIG), *flags,
+        "MODEL.BACKBONE.PATH", str(weights), "INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0",
+        "USE_CUDA", "False", "OPTIM.MAX_EPOCH", "1", *opts,
+    ]
+
+
+def run_cli(argv, capsys):
+    """(exit code, stderr) of ``train.py argv``."""
+    capsys.readouterr()
+    try:
+        code = TRAIN.cli(argv)
+    finally:
+        close_logger()
+    return code, capsys.readouterr().err
+
+
+def assert_one_line(err, prefix, *fragments):
+    assert err.count("\n") == 1 and err.endswith("\n"), f"not one line: {err!r}"
+    assert err.startswith(prefix), err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+
+
+def copy_dtd(tmp_path, **kwargs):
+    root = tmp_path / "data"
+    make_dataset(root, "dtd", n_classes=4, per_class=6, **kwargs)
+    return root
+
+
+# ----- DATA unset or missing ----------------------------------------------------------------------
+def script_env(**env):
+    base = {k: v for k, v in os.environ.items() if k not in ("DATA", "OUTPUT")}
+    return {**base, **env}
+
+
+@pytest.mark.parametrize("data, message", [
+    (None, "DATA is not set: export DATA=/path/to/datasets"),
+    ("/nonexistent/datasets", "DATA=/nonexistent/datasets is not a directory"),
+])
+def test_script_without_data_is_one_line(tmp_path, data, message):
+    env = script_env(OUTPUT=str(tmp_path / "out"), **({"DATA": data} if data else {}))
+    proc = subprocess.run(["bash", str(PROJECT_ROOT / "scripts/coop/base2new_train.sh"), "dtd", "1"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60)
+    assert proc.returncode == 1
+    assert_one_line(proc.stderr, "coop/base2new_train.sh: ", message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_train_py_with_a_root_without_the_dataset(tmp_path, tiny_clip_path, capsys):
+    code, err = run_cli(argv_for(tmp_path / "nowhere", tmp_path / "out", tiny_clip_path), capsys)
+    assert code == TRAIN.EXIT_RUN_ERROR
+    assert_one_line(err, "Error: DescribableTextures: dataset folder", "nowhere/dtd not found",
+                    "DATASETS.md", "dpl.tools.check_data")
+
+
+# ----- unknown names -------------------------------------------------------------------------------
+def test_unknown_dataset_suggests_the_closest_name(data_root, tmp_path, tiny_clip_path, capsys):
+    argv = argv_for(data_root, tmp_path / "out", tiny_clip_path, "DATASET.NAME", "DescribableTexture")
+    code, err = run_cli(argv, capsys)
+    assert code == TRAIN.EXIT_RUN_ERROR
+    assert_one_line(err, 'Error: The requested dataset (DATASET.NAME) "DescribableTexture" is not registered',
+                    "(do you mean [DescribableTextures]?)")
+
+
+def test_unknown_trainer_suggests_the_closest_name(data_root, tmp_path, tiny_clip_path, capsys):
+    code, err = run_cli(argv_for(data_root, tmp_path / "out", tiny_clip_path, trainer="KgCoop"), capsys)
+    assert code == TRAIN.EXIT_RUN_ERROR
+    assert_one_line(err, 'Error: The requested trainer (--trainer / TRAINER.NAME) "KgCoop"', "do you mean [KgCoOp]?")
+
+
+def test_unknown_backbone_lists_the_closest_names(data_root, tmp_path, tiny_clip_path, capsys):
+    argv = argv_for(data_root, tmp_path / "out", tiny_clip_path, "MODEL.BACKBONE.PATH", "",
+                    "MODEL.BACKBONE.NAME", "ViT-B/61")
+    code, err = run_cli(argv, capsys)
+    assert code == TRAIN.EXIT_RUN_ERROR
+    assert_one_line(err, "Error: unknown CLIP backbone 'ViT-B/61' (MODEL.BACKBONE.NAME); available, closest first: "
+                    "['ViT-B/16'")
+
+
+# ----- data files ---------------------------------------------------------------------------------
+def test_missing_split_file_says_where_it_belongs(tmp_path, tiny_clip_path, capsys):
+    root = copy_dtd(tmp_path, write_split=False)
+    code, err = run_cli(argv_for(root, tmp_path / "out", tiny_clip_path), capsys)
+    assert code == TRAIN.EXIT_RUN_ERROR
+    assert_one_line(err, "Error: DescribableTextures: split file", "split_zhou_DescribableTextures.json not found",
+                    "DATASETS.md", "DATASET.REGENERATE_SPLIT True")
+
+
+def test_missing_image_is_named_with_the_checker_command(tmp_path, tiny_clip_path, capsys):
+    root = copy_dtd(tmp_path)
+    victim = root / "dtd/images/blotchy/blotchy_0002.jpg"
+    victim.unlink()
+    code, err = run_cli(argv_for(root, tmp_path / "out", tiny_clip_path), capsys)
+    assert code == TRAIN.EXIT_RUN_ERROR
+    assert_one_line(err, "Error: DescribableTextures: image files are missing:", str(victim),
+                    f"python -m dpl.tools.check_data --root {root} dtd")
+
+
+@pytest.mark.parametrize("workers", [0, 1])  # 1: the error is re-raised from a DataLoader worker
+def test_unreadable_image_is_named(tmp_path, tiny_clip_path, capsys, workers):
+    root = copy_dtd(tmp_path)
+    for victim in (root / "dtd/images").glob("*/*.jpg"):
+        victim.write_bytes(b"not a jpeg")  # every image: whichever is read first fails
+    argv = argv_for(root, tmp_path / "out", tiny_clip_path, "DATALOADER.NUM_WORKERS", str(workers))
+    code, err = run_cli(argv, capsys)
+    assert code == TRAIN.EXIT_RUN_ERROR
+    assert_one_line(err, f"Error: Cannot read image {root}/dtd/images/", ".jpg: cannot identify image file",
+                    "replace it from the original dataset archive")
+
+
+# ----- config keys, types and values ---------------------------------------------------------------
+@pytest.mark.parametrize("opts, message", [
+    (("OPTIM.LRR", "0.1"), "Config error: Non-existent key: OPTIM.LRR"),
+    (("OPTIM.MAX_EPOCH", "ten"), "Config error: Type mismatch (<class 'int'> vs. <class 'str'>) with values "
+                                 "(1 vs. ten) for config key: OPTIM.MAX_EPOCH"),
+])
+def test_config_key_or_type_error_exits_2_before_writing(data_root, tmp_path, tiny_clip_path, capsys, opts, message):
+    code, err = run_cli(argv_for(data_root, tmp_path / "out", tiny_clip_path, *opts), capsys)
+    assert code == TRAIN.EXIT_CONFIG_ERROR
+    assert err == message + "\n"
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("OPTIM:\n  LRR: 0.1\n", "Non-existent config key: OPTIM.LRR"),
+    ("OPTIM: [unclosed\n", "while parsing a flow sequence"),  # YAML's multi-line message, joined
+])
+def test_config_file_error_is_one_line(data_root, tmp_path, tiny_clip_path, capsys, text, fragment):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    argv = argv_for(data_root, tmp_path / "out", tiny_clip_path)
+    argv[argv.index(str(CONFIG))] = str(bad)
+    code, err = run_cli(argv, capsys)
+    assert code == TRAIN.EXIT_CONFIG_ERROR
+    assert_one_line(err, "Config error: ", fragment)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("DATASET.SUBSAMPLE_CLASSES", "novel",
+     "Error: DATASET.SUBSAMPLE_CLASSES must be one of ['all', 'base', 'new'], got \"novel\"."),
+    ("DATASET.IMBALANCE_RATIO", "0.5", "Error: DATASET.IMBALANCE_RATIO must be >= 1 (1 = balanced), got 0.5."),
+])
+def test_invalid_dataset_value_is_one_line(data_root, tmp_path, tiny_clip_path, capsys, key, value, message):
+    code, err = run_cli(argv_for(data_root, tmp_path / "out", tiny_clip_path, key, value), capsys)
+    assert code == TRAIN.EXIT_RUN_ERROR
+    assert err == message + "\n"
+
+
+def test_more_shots_than_images_takes_all_and_warns(data_root, tmp_path, tiny_clip_path, capsys):
+    """Behaviour: a class with fewer than NUM_SHOTS images keeps all of them; one warning line says so."""
+    out = tmp_path / "out"
+    code, err = run_cli(argv_for(data_root, out, tiny_clip_path, "DATASET.NUM_SHOTS", "100", flags=["--no-train"]),
+                        capsys)
+    assert code == 0, err
+    log = (out / "log.txt").read_text()
+    assert ("WARNING: 4 of 4 classes have fewer than 100 images (banded: 3, blotchy: 3, braided: 3, ...); "
+            "all of their images are used, so they get fewer than 100 shots") in log
+    assert "# train_x  12" in log  # every training image (4 classes x 3)
+
+
+# ----- CLIP weights -------------------------------------------------------------------------------
+def test_weights_file_of_the_wrong_format(data_root, tmp_path, capsys):
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"this is not a weights file")
+    code, err = run_cli(argv_for(data_root, tmp_path / "out", garbage), capsys)
+    assert code == TRAIN.EXIT_RUN_ERROR
+    assert_one_line(err, f"Error: {garbage} is neither a TorchScript archive nor a torch state dict",
+                    "point MODEL.BACKBONE.PATH at a CLIP weights file")
+    assert len(err) < 400  # torch's paragraph of advice about weights_only is cut
+
+
+def test_state_dict_that_is_not_clip(data_root, tmp_path, capsys):
+    other = tmp_path / "resnet.pt"
+    torch.save({"conv1.weight": torch.zeros(2, 3, 1, 1)}, other)
+    code, err = run_cli(argv_for(data_root, tmp_path / "out", other), capsys)
+    assert code == TRAIN.EXIT_RUN_ERROR
+    assert_one_line(err, f"Error: {other} is not a CLIP state dict that clip.model.build_model accepts",
+                    "point MODEL.BACKBONE.PATH at a CLIP weights file")
+
+
+def test_offline_without_cached_weights_names_cache_and_key(data_root, tmp_path, capsys, monkeypatch):
+    import dpl.clip.weights as weights
+
+    def offline(url, target, sha):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(weights, "download_verified", offline)
+    monkeypatch.setenv("DPL_CLIP_CACHE", str(tmp_path / "cache"))
+    argv = argv_for(data_root, tmp_path / "out", "", "MODEL.BACKBONE.NAME", "ViT-B/16")
+    code, err = run_cli(argv, capsys)
+    assert code == TRAIN.EXIT_RUN_ERROR
+    assert_one_line(err, "Error: CLIP weights for 'ViT-B/16' not found: expected ViT-B-16.pt in the cache directory "
+                    f"{tmp_path / 'cache'}", "set $DPL_CLIP_CACHE", "set MODEL.BACKBONE.PATH to a weights file")
+
+
+# ----- --eval-only model dirs ---------------------------------------------------------------------
+def fake_checkpoint(directory, model_name, file_name, trainer):
+    """A checkpoint file as dpl writes them (the trainer check runs before any tensor is loaded)."""
+    folder = directory / model_name
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": {}, "epoch": 1, "optimizer": None, "scheduler": None, "val_result": None,
+                "trainer": trainer, "trainer_state": {}}, folder / file_name)
+    (folder / "checkpoint").write_text(file_name + "\n")
+
+
+def eval_only(data_root, tmp_path, weights, model_dir, *flags):
+    return argv_for(data_root, tmp_path / "eval", weights,
+                    flags=["--eval-only", "--model-dir", str(model_dir), *flags])
+
+
+def test_eval_only_without_a_model_dir(data_root, tmp_path, tiny_clip_path, capsys):
+    code, err = run_cli(eval_only(data_root, tmp_path, tiny_clip_path, tmp_path / "no_run"), capsys)
+    assert code == TRAIN.EXIT_RUN_ERROR
+    assert_one_line(err, f"Error: No model at {tmp_path}/no_run/prompt_learner/model-best.pth.tar: "
+                    f"the model directory {tmp_path}/no_run does not exist")
+
+
+def test_eval_only_with_an_empty_model_dir(data_root, tmp_path, tiny_clip_path, capsys):
+    (tmp_path / "run").mkdir()
+    code, err = run_cli(eval_only(data_root, tmp_path, tiny_clip_path, tmp_path / "run"), capsys)
+    assert code == TRAIN.EXIT_RUN_ERROR
+    assert_one_line(err, "Error: No model at", "it holds no checkpoint; CoOp saves its model as 'prompt_learner'")
+
+
+def test_eval_only_with_a_missing_epoch_lists_the_available_ones(data_root, tmp_path, tiny_clip_path, capsys):
+    fake_checkpoint(tmp_path / "run", "prompt_learner", "model.pth.tar-5", "CoOp")
+    code, err = run_cli(eval_only(data_root, tmp_path, tiny_clip_path, tmp_path / "run", "--load-epoch", "3"),
+                        capsys)
+    assert code == TRAIN.EXIT_RUN_ERROR
+    assert_one_line(err, f"Error: No model at {tmp_path}/run/prompt_learner/model.pth.tar-3",
+                    "available: ['model.pth.tar-5']; choose one with --load-epoch N")
+
+
+def test_eval_only_with_a_model_dir_of_another_trainer_layout(data_root, tmp_path, tiny_clip_path, capsys):
+    fake_checkpoint(tmp_path / "run", "VLPromptLearner", "model.pth.tar-1", "PromptSRC")
+    code, err = run_cli(eval_only(data_root, tmp_path, tiny_clip_path, tmp_path / "run", "--load-epoch", "1"),
+                        capsys)
+    assert code == TRAIN.EXIT_RUN_ERROR
+    assert_one_line(err, "Error: No model at", "it holds checkpoints of ['VLPromptLearner'] (another trainer?)")
+
+
+def test_eval_only_with_a_checkpoint_of_another_trainer(data_root, tmp_path, tiny_clip_path, capsys):
+    fake_checkpoint(tmp_path / "run", "prompt_learner", "model.pth.tar-1", "KgCoOp")  # same model name as CoOp
+    code, err = run_cli(eval_only(data_root, tmp_path, tiny_clip_path, tmp_path / "run", "--load-epoch", "1"),
+                        capsys)
+    assert code == TRAIN.EXIT_RUN_ERROR
+    assert_one_line(err, "Error: ", f"{tmp_path}/run/prompt_learner/model.pth.tar-1 was saved by trainer \"KgCoOp\", "
+                    "but this run uses \"CoOp\": pass --trainer KgCoOp")
+
+
+def test_eval_only_with_a_truncated_checkpoint(data_root, tmp_path, tiny_clip_path, capsys):
+    fake_checkpoint(tmp_path / "run", "prompt_learner", "model.pth.tar-1", "CoOp")
+    path = tmp_path / "run/prompt_learner/model.pth.tar-1"
+    path.write_bytes(path.read_bytes()[:200])
+    code, err = run_cli(eval_only(data_root, tmp_path, tiny_clip_path, tmp_path / "run", "--load-epoch", "1"),
+                        capsys)
+    assert code == TRAIN.EXIT_RUN_ERROR
+    assert_one_line(err, f"Error: Checkpoint {path} cannot be read", "truncated or not a checkpoint")
+
+
+# ----- parse_results on empty and partial folders ----------------------------------------------------
+def run_parse(argv, capsys):
+    capsys.readouterr()
+    code = parse_results.main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_parse_results_on_an_empty_folder(tmp_path, capsys):
+    code, _, err = run_parse([tmp_path], capsys)
+    assert code == 1
+    assert err == f"error: nothing found in {tmp_path}\n"
+    code, _, err = run_parse([tmp_path / "missing"], capsys)
+    assert code == 1
+    assert_one_line(err, f"error: directory not found: '{tmp_path / 'missing'}'")
+    code, _, err = run_parse([tmp_path, "--protocol", "base2new"], capsys)
+    assert code == 1
+    assert_one_line(err, f"error: no train_base/ or test_new/ folder under {tmp_path}")
+
+
+def test_parse_results_on_a_partial_folder(tmp_path, capsys):
+    """Finished seeds are summarised, the others are named with the reason; --strict makes it an error."""
+    (tmp_path / "seed1").mkdir()
+    (tmp_path / "seed1/results.json").write_text(json.dumps({"split": "test", "finished": True, "accuracy": 70.0}))
+    (tmp_path / "seed2").mkdir()
+    (tmp_path / "seed2/results.json").write_text('{"split": "test", "accur')  # truncated by a full disk
+    (tmp_path / "seed3").mkdir()
+    (tmp_path / "seed3/log.txt").write_text("epoch [1/5] batch [1/2] loss 1.0\n")  # killed mid-training
+    code, out, _ = run_parse([tmp_path], capsys)
+    assert code == 0
+    assert "* accuracy: 70.00% +- 0.00%" in out
+    assert (f"skipped: {tmp_path}/seed2: results.json is unreadable or holds no final accuracy "
+            "(rerun the run's script to finish it); no log.txt") in out
+    assert f"skipped: {tmp_path}/seed3: no '* accuracy: X%' line after" in out
+    code, _, err = run_parse([tmp_path, "--strict"], capsys)
+    assert code == 1
+    assert_one_line(err, "error: 2 run(s) without a result (--strict): ", f"{tmp_path}/seed2", f"{tmp_path}/seed3")
