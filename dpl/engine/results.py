@@ -16,7 +16,11 @@ macro_f1            macro F1 in percent (over the labels present in the split)
 num_samples         number of evaluated images
 num_correct         number of correct top-1 predictions
 per_class           present when ``TEST.PER_CLASS_RESULT``: list of ``{label, classname, total,
-                    correct, accuracy}``; ``perclass_accuracy`` is their mean
+                    correct, accuracy}``; ``perclass_accuracy`` is their mean; in long-tail runs each
+                    row also has its ``group``
+group_accuracy      long-tail runs (``DATASET.IMBALANCE_RATIO != 1``) testing the training classes:
+                    ``{"many", "medium", "few"}`` mean per-class accuracy in percent of each group
+                    (null for a group without a tested class); groups: ``long_tail_groups(train_x)``
 trainer             ``TRAINER.NAME``
 dataset             ``DATASET.NAME``
 subsample_classes   ``DATASET.SUBSAMPLE_CLASSES`` (all / base / new)
@@ -51,7 +55,7 @@ from dpl.project import PROJECT_ROOT
 from .runtime import RESULTS_NAME
 
 SCHEMA_VERSION = 1
-METRIC_KEYS = ("accuracy", "error_rate", "macro_f1", "perclass_accuracy", "per_class")
+METRIC_KEYS = ("accuracy", "error_rate", "macro_f1", "perclass_accuracy", "per_class", "group_accuracy")
 
 
 def cfg_to_dict(cfg):

@@ -339,6 +339,7 @@ class SimpleTrainer(TrainerBase):
         self._training = False
         self._test_records = OrderedDict()
         self._code_version = None
+        self._long_tail_groups = False  # computed on first use: None or {label: group}
 
     def check_cfg(self, cfg):
         """Validate the trainer's config node (e.g. ``PREC``); called first in ``__init__``."""
@@ -432,11 +433,46 @@ class SimpleTrainer(TrainerBase):
             output = self.model_inference(input)
             self.evaluator.process(output, label)
         results = self.evaluator.evaluate()
+        self.add_group_accuracy(results)
         for k, v in results.items():
             if isinstance(v, numbers.Real):
                 self.write_scalar(f"{split}/{k}", v, self.epoch)
+        for group, v in results.get("group_accuracy", {}).items():
+            if v is not None:
+                self.write_scalar(f"{split}/{group}_shot_accuracy", v, self.epoch)
         self.write_results(split, results, time.time() - start)
         return list(results.values())[0]
+
+    def long_tail_groups(self):
+        """``{label: "many" | "medium" | "few"}`` of this run's long-tail training set, else None.
+
+        Only runs with ``DATASET.IMBALANCE_RATIO != 1`` on a dataset with a training split have groups;
+        they describe this run's training counts (``long_tail_groups(train_x)``), so they belong to a
+        test of the same classes (the long-tail ``train_base`` run; the new-class test passes no ratio).
+        """
+        if self._long_tail_groups is False:
+            self._long_tail_groups = None
+            dataset = getattr(getattr(self, "dm", None), "dataset", None)
+            if self.cfg.DATASET.IMBALANCE_RATIO != 1 and dataset is not None and dataset.train_x and \
+                    not getattr(dataset, "test_only", False):
+                from dpl.data.datasets import long_tail_groups
+
+                self._long_tail_groups = long_tail_groups(dataset.train_x)
+        return self._long_tail_groups
+
+    def add_group_accuracy(self, results):
+        """Long-tail runs: add ``group_accuracy`` to ``results`` and tag its ``per_class`` rows with their group."""
+        groups = self.long_tail_groups()
+        if groups is None or not hasattr(self.evaluator, "group_accuracy"):
+            return
+        from dpl.data.datasets import LONG_TAIL_GROUPS
+
+        accuracies = self.evaluator.group_accuracy(groups, LONG_TAIL_GROUPS)
+        if accuracies is None:
+            return
+        results["group_accuracy"] = accuracies
+        for row in results.get("per_class", ()):
+            row["group"] = groups[row["label"]]
 
     def write_results(self, split, results, test_seconds):
         """Record this test and rewrite ``OUTPUT_DIR/results.json`` atomically (schema: dpl.engine.results)."""

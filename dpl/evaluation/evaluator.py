@@ -13,6 +13,8 @@ Printed block (Dassl's, parsed by ``parse_test_res.py``)::
 results on (``TEST.PER_CLASS_RESULT`` or ``evaluate(per_class=True)``) also ``perclass_accuracy``
 (the mean of the per-class accuracies, as in Dassl) and ``per_class`` (a list of
 ``{"label", "classname", "total", "correct", "accuracy"}`` dicts, one per class seen in the labels).
+``group_accuracy(groups, names)`` gives long-tail runs their many/medium/few-shot accuracies from the
+same predictions, whether or not per-class results are on.
 """
 import os
 from collections import OrderedDict
@@ -97,6 +99,24 @@ class Classification(EvaluatorBase):
             }
             for label, n, c in zip(labels, total, correct)
         ]
+
+    def group_accuracy(self, groups, names):
+        """Mean per-class accuracy (%) of the classes of each group; prints ``* many-shot accuracy: 71.3%``.
+
+        ``groups``: ``{label: group name}`` of the training classes; ``names``: the group names in print
+        order. Returns ``{name: accuracy or None}`` (None: no tested class in that group), or None when
+        a tested label has no group (the split's classes are not the training classes).
+        """
+        rows = self.per_class_results()
+        if any(row["label"] not in groups for row in rows):
+            return None
+        accuracies = OrderedDict()
+        for name in names:
+            in_group = [row["accuracy"] for row in rows if groups[row["label"]] == name]
+            accuracies[name] = float(np.mean(in_group)) if in_group else None
+            shown = f"{accuracies[name]:.1f}%" if in_group else "n/a (no tested class in this group)"
+            print(f"* {name}-shot accuracy: {shown}")
+        return accuracies
 
     def _arrays(self):
         if not self._y_true:

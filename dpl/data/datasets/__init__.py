@@ -12,7 +12,7 @@ from .fewshot_cache import fewshot_splits, portable_cache_path, upstream_cache_p
 from .sampling import sample_fewshot
 from .splits import (check_image_files, class_folder_items, subfolders, find_missing_files, read_and_split_data, read_classnames, read_split,
                      save_split, split_trainval)
-from .subsample import (LONG_TAIL_GROUP_THRESHOLDS, long_tail_groups, long_tail_profile, subsample_classes,
+from .subsample import (LONG_TAIL_GROUP_THRESHOLDS, LONG_TAIL_GROUPS, long_tail_groups, long_tail_profile, subsample_classes,
                         subsample_long_tail)
 
 __all__ = [
@@ -21,5 +21,5 @@ __all__ = [
     "read_split", "save_split", "read_and_split_data", "split_trainval", "read_classnames",
     "check_image_files", "find_missing_files", "class_folder_items", "subfolders",
     "subsample_classes", "subsample_long_tail", "long_tail_profile", "long_tail_groups",
-    "LONG_TAIL_GROUP_THRESHOLDS",
+    "LONG_TAIL_GROUP_THRESHOLDS", "LONG_TAIL_GROUPS",
 ]

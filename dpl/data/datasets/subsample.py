@@ -18,6 +18,7 @@ from .datum import Datum
 
 SUBSAMPLE_CHOICES = ("all", "base", "new")
 LONG_TAIL_GROUP_THRESHOLDS = (1 / 3, 2 / 3)
+LONG_TAIL_GROUPS = ("many", "medium", "few")  # the group names, head to tail
 
 
 def subsample_classes(*splits, subsample="all"):
