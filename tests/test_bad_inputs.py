@@ -343,3 +343,79 @@ def test_parse_results_on_a_partial_folder(tmp_path, capsys):
     code, _, err = run_parse([tmp_path, "--strict"], capsys)
     assert code == 1
     assert_one_line(err, "error: 2 run(s) without a result (--strict): ", f"{tmp_path}/seed2", f"{tmp_path}/seed3")
+
+
+# ----- crashes while writing (issue 9: the previous good file survives, no partial file is read) ------
+class SimulatedCrash(BaseException):
+    """Stands for a kill mid-write (a BaseException: nothing may catch and carry on)."""
+
+
+def json_that_dies_mid_write():
+    """A stand-in for a module's ``json``: ``dump`` writes half of the document, then the process "dies"."""
+    import types
+
+    def dump(obj, f, **kwargs):
+        text = json.dumps(obj, **kwargs)
+        f.write(text[: len(text) // 2])
+        f.flush()
+        raise SimulatedCrash("killed mid-write")
+
+    return types.SimpleNamespace(dump=dump, dumps=json.dumps, load=json.load, loads=json.loads,
+                                 JSONDecodeError=json.JSONDecodeError)
+
+
+def zeroshot_eval_argv(root, out, weights):
+    argv = argv_for(root, out, weights, trainer="ZeroshotCLIP", flags=["--eval-only"])
+    argv[argv.index(str(CONFIG))] = str(PROJECT_ROOT / "configs/trainers/ZeroshotCLIP/vit_b16.yaml")
+    return argv
+
+
+def test_crash_while_writing_results_json_keeps_the_previous_file(data_root, tmp_path, tiny_clip_path, capsys,
+                                                                   monkeypatch):
+    import dpl.utils.tools as tools
+
+    out = tmp_path / "out"
+    code, err = run_cli(zeroshot_eval_argv(data_root, out, tiny_clip_path), capsys)
+    assert code == 0, err
+    good = (out / "results.json").read_text()
+    monkeypatch.setattr(tools, "json", json_that_dies_mid_write())  # the engine's real write_json path
+    with pytest.raises(SimulatedCrash):
+        run_cli(zeroshot_eval_argv(data_root, out, tiny_clip_path), capsys)
+    assert (out / "results.json").read_text() == good  # untouched, still valid JSON
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".results.json")) == []
+    # A SIGKILL cannot clean up: a stray temp file is left, and nothing reads it as a result.
+    (out / ".results.json.x1y2.tmp").write_text('{"split": "test", "finished": true, "accuracy": 99.0')
+    assert parse_results.parse_run(str(out)).metrics["accuracy"] == json.loads(good)["accuracy"]
+    from dpl.engine import run_is_finished
+
+    assert run_is_finished(str(out))
+
+
+def test_crash_while_writing_the_fewshot_cache_leaves_no_cache(tmp_path, monkeypatch):
+    """A crash mid-write leaves no cache file; the next run draws the same sample and caches it."""
+    import random
+
+    import dpl.data.datasets.fewshot_cache as fewshot_cache
+    from datagen import dataset_cfg
+    from dpl.data.datasets import build_dataset
+
+    def few_shot_train(root):
+        random.seed(1)  # what train.py's set_random_seed(SEED) does before the draw
+        dataset = build_dataset(dataset_cfg(root, "dtd", num_shots=2, seed=1))
+        return [(os.path.relpath(item.impath, root), item.label) for item in dataset.train_x]
+
+    reference = few_shot_train(copy_dtd(tmp_path / "reference"))
+    root = copy_dtd(tmp_path / "crashed")
+    cache_dir = root / "dtd" / "split_fewshot"
+
+    monkeypatch.setattr(fewshot_cache, "json", json_that_dies_mid_write())
+    with pytest.raises(SimulatedCrash):
+        few_shot_train(root)
+    assert list(cache_dir.iterdir()) == []  # no partial cache, no temp file
+    monkeypatch.undo()
+    assert few_shot_train(root) == reference
+    (cache_file,) = cache_dir.iterdir()
+    assert json.loads(cache_file.read_text())["num_shots"] == 2
+    # A truncated cache (e.g. copied by another tool) is ignored, not trusted, and the sample is the same.
+    cache_file.write_text(cache_file.read_text()[:50])
+    assert few_shot_train(root) == reference
