@@ -159,7 +159,9 @@ def read_clip_state_dict(path):
     except RuntimeError:
         pass  # not a TorchScript archive: try a pickled state dict
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # sparse tensors (compact files) are validated on load, as they should be
+            warnings.filterwarnings("ignore", message="Validating sparse tensor invariants")
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types (UnpicklingError, KeyError, EOFError, RuntimeError)
         raise InvalidInputError(
             f"{path} is neither a TorchScript archive nor a torch state dict ({type(exc).__name__}: "
@@ -170,7 +172,8 @@ def read_clip_state_dict(path):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, Mapping) or not all(torch.is_tensor(v) for v in loaded.values()):
         raise InvalidInputError(f"{path} does not hold a state dict of tensors; point {PATH_KEY} at a CLIP weights file")
-    return dict(loaded)
+    # Compact files (the pocket CLIP) store the token embedding sparse: only the rows their vocabulary uses.
+    return {k: v.to_dense() if v.is_sparse else v for k, v in loaded.items()}
 
 
 def load_clip(name, path="", device="cpu"):
