@@ -135,6 +135,10 @@ def test_gaussian_perturbation_is_multiplicative_noise_on_dropped_tokens():
     assert torch.equal(out[:, 1], x[:, 1])
     factor = out[:, [0, 2]] / x[:, [0, 2]]
     assert abs(float(factor.mean()) - 1.0) < 0.01 and abs(float(factor.std()) - 0.1) < 0.01
+    # masks covering only the leading positions leave the rest alone
+    for mode in ("gaussian", "zero"):
+        short = parts.perturb_tokens(x, dropped[:, :2], dropped[:, :2].float() * 0.5, mode, sigma=0.1)
+        assert torch.equal(short[:, 2], x[:, 2]) and not torch.equal(short[:, 0], x[:, 0])
 
 
 def test_zero_mode_empirical_drop_rate_matches_probability():
@@ -181,6 +185,10 @@ def test_mag_attention_masks_padding_and_loss_matches_cosine_formula():
     expected_attention = (mag.tokens @ projected.transpose(1, 2))[..., :4].softmax(-1)  # tau = 1, no 1/sqrt(d)
     torch.testing.assert_close(attention[..., :4], expected_attention)
     torch.testing.assert_close(features, attention @ projected)
+    # the hook projects text only up to EOS: the same features as the masked full sequence
+    cropped_attention, cropped_features = mag(text[:, :4], "text", attended[:, :4])
+    torch.testing.assert_close(cropped_attention, attention[..., :4])
+    torch.testing.assert_close(cropped_features, features)
 
     vision = [torch.randn(2, 5, 8), torch.randn(2, 5, 8)]
     text_layers = [torch.randn(3, 5, 8), torch.randn(3, 5, 8), torch.randn(3, 5, 8)]

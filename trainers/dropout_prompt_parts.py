@@ -54,6 +54,14 @@ def scored_positions(layout, length):
     return positions[None, :] != global_index
 
 
+def active_length(layout, length):
+    """How many leading positions can matter: text stops after the last EOS (padding is never scored,
+    attended by MAG or perturbed), vision uses all ``length`` tokens. One host sync for text."""
+    if layout.modality == "text":
+        return min(length, int(layout.global_index.max()) + 1)
+    return length
+
+
 def attended_positions(layout, length):
     """[N, L] bool: positions the MAG bridge tokens may attend to (text: up to and including EOS)."""
     positions = torch.arange(length, device=layout.global_index.device)
@@ -154,7 +162,11 @@ def draw_drops(probability):
 def perturb_tokens(x, dropped, probability, mode, sigma):
     """Apply the perturbation to the dropped tokens of x [N, L, D].
 
+    ``dropped`` and ``probability`` are [N, L'] with L' <= L: they cover the first L' positions (text
+    stops after the last EOS), later positions are never touched.
+
     - ``gaussian``: x <- x * (1 + sigma * eps), eps ~ N(0, I), on dropped tokens (official; no rescaling);
+      noise is drawn for the dropped tokens only;
     - ``zero``: dropped tokens are zeroed and the kept ones rescaled by 1 / (1 - p) with their own p
       (inverted dropout per token, so each token's expected value is unchanged);
     - ``none``: identity.
@@ -164,11 +176,14 @@ def perturb_tokens(x, dropped, probability, mode, sigma):
     if mode == "none":
         return x
     if mode == "gaussian":
-        noise = 1.0 + sigma * torch.randn_like(x)
-        return torch.where(dropped[..., None], x * noise, x)
+        rows, cols = dropped.nonzero(as_tuple=True)  # [M] each
+        selected = x[rows, cols]  # [M, D]
+        noise = 1.0 + sigma * torch.randn_like(selected)
+        return x.index_put((rows, cols), selected * noise)
     if mode == "zero":
         keep_scale = 1.0 / (1.0 - probability).clamp_min(RESIDUAL_DENOMINATOR_MIN)
-        scale = torch.where(dropped, torch.zeros_like(keep_scale), keep_scale)  # [N, L]
+        scale = torch.where(dropped, torch.zeros_like(keep_scale), keep_scale)  # [N, L']
+        scale = F.pad(scale, (0, x.shape[1] - scale.shape[1]), value=1.0)  # [N, L]
         return x * scale[..., None].to(x.dtype)
     raise ValueError(f"unknown perturbation {mode!r}; expected one of {PERTURBATIONS}")
 
@@ -220,21 +235,30 @@ class TokenDropout:
         return self.active and "mag" in self.terms
 
     def probability(self, layout, attn, mag_attn, length):
-        """[N, L] drop probability, 0 outside ``layout.eligible``."""
+        """[N, length] drop probability of the first ``length`` positions, 0 outside ``layout.eligible``.
+
+        ``attn`` [N, H, >= length, >= length] and ``mag_attn`` [N, K, >= length] are cropped to ``length``.
+        """
         scored = scored_positions(layout, length)
         if self.importance == "uniform":
             probability = torch.full(scored.shape, self.uniform_p, device=scored.device)
         else:
+            attn = None if attn is None else attn[..., :length, :length]
+            mag_attn = None if mag_attn is None else mag_attn[..., :length]
             importance = token_importance(self.terms, attn, mag_attn, layout.global_index, scored)
             probability = importance_to_probability(importance, scored, self.p_min, self.p_max)
-        return probability * layout.eligible
+        return probability * layout.eligible[:, :length]
 
-    def __call__(self, x, layout, attn=None, mag_attn=None):
-        """Perturb x [N, L, D]; only eligible tokens can change."""
+    def __call__(self, x, layout, attn=None, mag_attn=None, length=None):
+        """Perturb x [N, L, D]; only eligible tokens can change.
+
+        ``length``: positions that can hold eligible tokens (default ``active_length``); the rest is skipped.
+        """
         if not self.active:
             return x
+        length = active_length(layout, x.shape[1]) if length is None else length
         with torch.no_grad():
-            probability = self.probability(layout, attn, mag_attn, x.shape[1])
+            probability = self.probability(layout, attn, mag_attn, length)
             dropped = draw_drops(probability)
         return perturb_tokens(x, dropped, probability, self.perturbation, self.sigma)
 
@@ -311,6 +335,7 @@ class TokenDropoutHook(LayerHook):
         self.mag = mag
         self.detach_mag = detach_mag
         self._mag_chunks = {}  # layer -> [[n, K, D] per encoder chunk, in row order]
+        self._layout, self._length = None, None  # active_length of the current layout (one per chunk)
 
     @property
     def mag_features(self):
@@ -321,17 +346,21 @@ class TokenDropoutHook(LayerHook):
         return layer in self.drop_layers and self.dropout.needs_attention
 
     def __call__(self, x, layer, layout, attn):
+        if layout is not self._layout:
+            self._layout, self._length = layout, active_length(layout, x.shape[1])
+        length = self._length
         mag_attn = None
         if layer in self.mag_layers:
-            attended = attended_positions(layout, x.shape[1])
-            mag_attn, features = self.mag(x.detach() if self.detach_mag else x, layout.modality, attended)
+            tokens = x[:, :length]  # MAG attends to nothing after EOS, so padding need not be projected
+            mag_attn, features = self.mag(tokens.detach() if self.detach_mag else tokens, layout.modality,
+                                          attended_positions(layout, length))
             self._mag_chunks.setdefault(layer, []).append(features)
             mag_attn = mag_attn.detach()
         elif layer in self.drop_layers and self.dropout.needs_alignment:
             with torch.no_grad():
-                mag_attn, _ = self.mag(x, layout.modality, attended_positions(layout, x.shape[1]))
+                mag_attn, _ = self.mag(x[:, :length], layout.modality, attended_positions(layout, length))
         if layer in self.drop_layers:
-            x = self.dropout(x, layout, attn, mag_attn)
+            x = self.dropout(x, layout, attn, mag_attn, length)
         return x
 
 
