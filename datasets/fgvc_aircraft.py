@@ -6,6 +6,7 @@
 import os
 
 from dpl.data.datasets import DATASET_REGISTRY, BenchmarkDataset, Datum
+from dpl.utils.errors import InvalidInputError
 
 SPLIT_FILES = ("images_variant_train.txt", "images_variant_val.txt", "images_variant_test.txt")
 
@@ -37,7 +38,7 @@ class FGVCAircraft(BenchmarkDataset):
                     continue
                 image_id, variant = line.strip().split(" ", 1)
                 if variant not in label_of:
-                    raise ValueError(f"FGVCAircraft: {name} lists variant {variant!r} that variants.txt lacks")
+                    raise InvalidInputError(f"FGVCAircraft: {name} lists variant {variant!r} that variants.txt lacks")
                 items.append(Datum(impath=os.path.join(self.image_dir, image_id + ".jpg"), label=label_of[variant],
                                    classname=variant))
         return items

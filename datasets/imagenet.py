@@ -9,6 +9,7 @@ import os
 
 from dpl.data.datasets import (COOP_DATASETS_DOC, DATASET_REGISTRY, BenchmarkDataset, class_folder_items,
                                read_classnames, subfolders)
+from dpl.utils.errors import InvalidInputError
 
 
 def read_imagenet_classnames(dataset_dir, name):
@@ -23,7 +24,7 @@ def read_imagenet_classnames(dataset_dir, name):
 def check_known_wnids(folders, classnames, where, name):
     unknown = [f for f in folders if f not in classnames]
     if unknown:
-        raise ValueError(f"{name}: {len(unknown)} class folders of {where} are not in classnames.txt "
+        raise InvalidInputError(f"{name}: {len(unknown)} class folders of {where} are not in classnames.txt "
                          f"(e.g. {unknown[0]!r}); is this the right folder?")
 
 
@@ -52,7 +53,7 @@ class ImageNet(BenchmarkDataset):
         val_folders = self.class_folders(val_dir, classnames)
         if val_folders != folders:
             only = sorted(set(folders) ^ set(val_folders))
-            raise ValueError(f"ImageNet: {train_dir} and {val_dir} hold different class folders "
+            raise InvalidInputError(f"ImageNet: {train_dir} and {val_dir} hold different class folders "
                              f"({len(only)} differ, e.g. {only[0]!r}); both need one folder per wnid.")
         train = read_class_folders(train_dir, folders, classnames)
         test = read_class_folders(val_dir, folders, classnames)
@@ -64,7 +65,7 @@ class ImageNet(BenchmarkDataset):
                                     f"wnid). {self.checker_hint}")
         folders = subfolders(split_dir)
         if not folders:
-            raise ValueError(f"ImageNet: {split_dir} holds no class folders. The val images must be sorted into one "
+            raise InvalidInputError(f"ImageNet: {split_dir} holds no class folders. The val images must be sorted into one "
                              "folder per wnid (e.g. with the widely used valprep.sh) before use.")
         check_known_wnids(folders, classnames, split_dir, self.name)
         return folders

@@ -5,6 +5,7 @@ import random
 from collections import defaultdict
 
 from dpl.data.datasets import DATASET_REGISTRY, BenchmarkDataset, Datum
+from dpl.utils.errors import InvalidInputError
 from dpl.utils.tools import read_json
 
 
@@ -32,7 +33,7 @@ class OxfordFlowers(BenchmarkDataset):
             random.shuffle(impaths)
             n_train, n_val = round(len(impaths) * 0.5), round(len(impaths) * 0.2)
             if n_train < 1 or n_val < 1 or len(impaths) - n_train - n_val < 1:
-                raise ValueError(f"OxfordFlowers: class {label} has {len(impaths)} images, too few to split")
+                raise InvalidInputError(f"OxfordFlowers: class {label} has {len(impaths)} images, too few to split")
             items = [Datum(impath=p, label=label - 1, classname=cat_to_name[str(label)]) for p in impaths]
             train += items[:n_train]
             val += items[n_train:n_train + n_val]

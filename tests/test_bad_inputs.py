@@ -194,6 +194,18 @@ def test_invalid_dataset_value_is_one_line(data_root, tmp_path, tiny_clip_path, 
     assert err == message + "\n"
 
 
+@pytest.mark.parametrize("opts, message", [
+    (("INPUT.TRANSFORMS", "('random_flip', 'mixup', 'normalize')"), 'Error: INPUT.TRANSFORMS: unknown transform "mixup"'),
+    (("TRAINER.COOP.CLASS_TOKEN_POSITION", "middel"), "Error: class token position 'middel' is not one of"),
+    (("TRAINER.COOP.PREC", "fp8"), "Error: TRAINER.COOP.PREC is 'fp8'; use one of"),
+    (("TRAIN.IF_EXISTS", "overwrite"), 'Error: The requested TRAIN.IF_EXISTS policy "overwrite" is not registered'),
+])
+def test_invalid_method_or_input_value_is_one_line(data_root, tmp_path, tiny_clip_path, capsys, opts, message):
+    code, err = run_cli(argv_for(data_root, tmp_path / "out", tiny_clip_path, *opts), capsys)
+    assert code == TRAIN.EXIT_RUN_ERROR
+    assert_one_line(err, message)
+
+
 def test_more_shots_than_images_takes_all_and_warns(data_root, tmp_path, tiny_clip_path, capsys):
     """Behaviour: a class with fewer than NUM_SHOTS images keeps all of them; one warning line says so."""
     out = tmp_path / "out"

@@ -7,6 +7,7 @@ Sources (facts, restated): CoOp's zero-shot ``CUSTOM_TEMPLATES`` (keyed by ``DAT
 import difflib
 
 from dpl.clip.text import class_text
+from dpl.utils.errors import UserError
 
 # CoOp trainers/zsclip.py table; Pocket is the project's embedded dataset (issue 7).
 CUSTOM_TEMPLATES = {
@@ -131,12 +132,16 @@ PROMPTSRC_TEMPLATES = (
 )[:60]
 
 
+class UnknownTemplateError(UserError, KeyError):
+    """``DATASET.NAME`` has no hand-crafted template (a ``KeyError``: the table is keyed by dataset name)."""
+
+
 def dataset_template(dataset_name):
     """The single hand-crafted template of ``DATASET.NAME`` (one-line error naming the closest known name)."""
     if dataset_name in CUSTOM_TEMPLATES:
         return CUSTOM_TEMPLATES[dataset_name]
     close = difflib.get_close_matches(dataset_name, CUSTOM_TEMPLATES, n=1, cutoff=0.0)
-    raise KeyError(
+    raise UnknownTemplateError(
         f"no hand-crafted template for DATASET.NAME {dataset_name!r} (do you mean {close[0]!r}?); "
         f"known: {sorted(CUSTOM_TEMPLATES)}"
     )

@@ -12,6 +12,7 @@ from typing import List, Optional
 import torch
 
 from dpl.clip.package import TOKENIZER, clip
+from dpl.utils.errors import InvalidInputError
 
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 PLACEHOLDER_WORD = "X"
@@ -32,7 +33,7 @@ def tokenize(texts, context_length: int = 77) -> torch.Tensor:
     try:
         return clip.tokenize(texts, context_length=context_length).long()
     except RuntimeError as exc:  # the package's "Input ... is too long for context length ..."
-        raise ValueError(f"{exc}; shorten the class name or the prompt template") from exc
+        raise InvalidInputError(f"{exc}; shorten the class name or the prompt template") from exc
 
 
 @dataclass
@@ -80,7 +81,7 @@ def build_class_prompts(clip_model, classnames, n_ctx=None, ctx_init="", positio
     position: class token position ``end`` / ``middle`` / ``front`` (CoOp's CLASS_TOKEN_POSITION)
     """
     if position not in CLASS_TOKEN_POSITIONS:
-        raise ValueError(f"class token position {position!r} is not one of {CLASS_TOKEN_POSITIONS}")
+        raise InvalidInputError(f"class token position {position!r} is not one of {CLASS_TOKEN_POSITIONS}")
     context_text, n_ctx, init_ids = _context_text(n_ctx, ctx_init, position)
     names = [class_text(name) for name in classnames]
     texts = [" ".join(part for part in (context_text, f"{name}.") if part) for name in names]
@@ -111,17 +112,17 @@ def _context_text(n_ctx, ctx_init, position):
     ctx_init = class_text(ctx_init or "").strip()
     if not ctx_init:
         if n_ctx is None or n_ctx < 0:
-            raise ValueError(f"N_CTX must be a number >= 0 when CTX_INIT is empty, got {n_ctx}")
+            raise InvalidInputError(f"N_CTX must be a number >= 0 when CTX_INIT is empty, got {n_ctx}")
         return " ".join([PLACEHOLDER_WORD] * n_ctx), n_ctx, []
     init_ids = bpe_ids(ctx_init)
     n_ctx = len(init_ids) if n_ctx is None else n_ctx
     if not 0 < n_ctx <= len(init_ids):
-        raise ValueError(
+        raise InvalidInputError(
             f"CTX_INIT {ctx_init!r} has {len(init_ids)} tokens, too few for N_CTX={n_ctx}; "
             "use a longer CTX_INIT, a smaller N_CTX, or an empty CTX_INIT (random init)"
         )
     if n_ctx < len(init_ids) and position != "end":
-        raise ValueError(f"CTX_INIT {ctx_init!r} longer than N_CTX={n_ctx} needs class token position 'end'")
+        raise InvalidInputError(f"CTX_INIT {ctx_init!r} longer than N_CTX={n_ctx} needs class token position 'end'")
     return ctx_init, n_ctx, init_ids
 
 

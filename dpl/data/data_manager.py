@@ -186,7 +186,7 @@ class DatasetWrapper(TorchDataset):
         self.k_tfm = cfg.DATALOADER.K_TRANSFORMS if is_train else 1
         self.return_img0 = cfg.DATALOADER.RETURN_IMG0
         if self.k_tfm > 1 and transform is None:
-            raise ValueError(f"DATALOADER.K_TRANSFORMS = {self.k_tfm} needs a transform to apply K times")
+            raise InvalidInputError(f"DATALOADER.K_TRANSFORMS = {self.k_tfm} needs a transform to apply K times")
         img0 = [T.Resize(tuple(cfg.INPUT.SIZE), interpolation=interpolation_mode(cfg.INPUT.INTERPOLATION)),
                 T.ToTensor()]
         if "normalize" in cfg.INPUT.TRANSFORMS:

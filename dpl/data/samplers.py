@@ -6,6 +6,9 @@ from collections import defaultdict
 import torch
 from torch.utils.data.sampler import RandomSampler, Sampler, SequentialSampler
 
+from dpl.utils.errors import InvalidInputError
+from dpl.utils.registry import UnknownNameError
+
 AVAILABLE_SAMPLERS = ("RandomSampler", "SequentialSampler", "RandomClassSampler")
 
 
@@ -15,7 +18,7 @@ class RandomClassSampler(Sampler):
 
     def __init__(self, data_source, batch_size, n_ins, generator=None):
         if batch_size < n_ins:
-            raise ValueError(f"RandomClassSampler: batch size ({batch_size}) must be >= N_INS ({n_ins})")
+            raise InvalidInputError(f"RandomClassSampler: batch size ({batch_size}) must be >= N_INS ({n_ins})")
         self.index_by_label = defaultdict(list)
         for index, item in enumerate(data_source):
             self.index_by_label[item.label].append(index)
@@ -23,7 +26,7 @@ class RandomClassSampler(Sampler):
         self.n_ins = n_ins
         self.n_cls = batch_size // n_ins
         if self.n_cls > len(self.labels):
-            raise ValueError(f"RandomClassSampler: {self.n_cls} classes per batch but only {len(self.labels)} classes")
+            raise InvalidInputError(f"RandomClassSampler: {self.n_cls} classes per batch but only {len(self.labels)} classes")
         self.length = len(data_source) // batch_size * batch_size
         self.generator = generator
 
@@ -47,4 +50,4 @@ def build_sampler(sampler_type, cfg=None, data_source=None, batch_size=32, n_dom
         return SequentialSampler(data_source)
     if sampler_type == "RandomClassSampler":
         return RandomClassSampler(data_source, batch_size, n_ins, generator=generator)
-    raise ValueError(f"Unknown sampler type: {sampler_type}; available: {list(AVAILABLE_SAMPLERS)}")
+    raise UnknownNameError(f"Unknown sampler type: {sampler_type}; available: {list(AVAILABLE_SAMPLERS)}")

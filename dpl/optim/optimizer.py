@@ -2,6 +2,7 @@
 import torch
 import torch.nn as nn
 
+from dpl.utils.errors import InvalidInputError
 from dpl.utils.registry import check_availability
 from dpl.utils.torchtools import tolist_if_not
 
@@ -39,7 +40,7 @@ def _staged_groups(model, optim_cfg):
         model = model.module
     new_layers = tolist_if_not(list(optim_cfg.NEW_LAYERS))
     if not new_layers:
-        raise ValueError("OPTIM.STAGED_LR is True but OPTIM.NEW_LAYERS is empty")
+        raise InvalidInputError("OPTIM.STAGED_LR is True but OPTIM.NEW_LAYERS is empty: name the layers to train with OPTIM.LR")
     new_params, base_params = [], []
     for name, module in model.named_children():
         (new_params if name in new_layers else base_params).extend(module.parameters())

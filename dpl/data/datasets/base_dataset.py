@@ -9,6 +9,8 @@ Differences from Dassl, on purpose:
 """
 from collections import defaultdict
 
+from dpl.utils.errors import InvalidInputError
+
 from .datum import Datum  # noqa: F401  (Dassl's import path)
 from .sampling import group_by_label, sample_fewshot
 from .splits import read_and_split_data, read_split, save_split, split_trainval
@@ -77,7 +79,7 @@ class DatasetBase:
     def check_input_domains(self, source_domains, target_domains):
         for domain in list(source_domains) + list(target_domains):
             if domain not in self.domains:
-                raise ValueError(
+                raise InvalidInputError(
                     f'Input domain "{domain}" is not one of the domains of {type(self).__name__}: {self.domains}'
                 )
 

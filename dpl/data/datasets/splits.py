@@ -85,7 +85,7 @@ def read_and_split_data(image_dir, p_trn=0.5, p_val=0.2, ignored=(), new_cnames=
         random.shuffle(images)
         n_train, n_val = round(len(images) * p_trn), round(len(images) * p_val)
         if n_train < 1 or n_val < 1 or len(images) - n_train - n_val < 1:
-            raise ValueError(f"Category folder {category_dir} has {len(images)} images: too few to split "
+            raise InvalidInputError(f"Category folder {category_dir} has {len(images)} images: too few to split "
                              f"into train/val/test with p_trn={p_trn}, p_val={p_val}.")
         cname = new_cnames.get(category, category)
         train += [Datum(impath=im, label=label, classname=cname) for im in images[:n_train]]
@@ -104,7 +104,7 @@ def split_trainval(trainval, p_val=0.2):
     for label, idxs in indices.items():
         n_val = round(len(idxs) * p_val)
         if n_val < 1:
-            raise ValueError(f"Label {label} has {len(idxs)} trainval items: too few for a val split (p_val={p_val}).")
+            raise InvalidInputError(f"Label {label} has {len(idxs)} trainval items: too few for a val split (p_val={p_val}).")
         random.shuffle(idxs)
         val += [trainval[idx] for idx in idxs[:n_val]]
         train += [trainval[idx] for idx in idxs[n_val:]]

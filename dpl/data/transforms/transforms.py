@@ -11,6 +11,8 @@ from torch import nn
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
+from dpl.utils.registry import UnknownNameError
+
 INTERPOLATION_MODES = {
     "bilinear": InterpolationMode.BILINEAR,
     "bicubic": InterpolationMode.BICUBIC,
@@ -49,15 +51,15 @@ class InstanceNormalization(nn.Module):
 def check_choices(choices):
     for name in choices:
         if name in UNSUPPORTED_DASSL_TRANSFORMS:
-            raise ValueError(f'INPUT.TRANSFORMS: "{name}" (a Dassl transform) is not supported; '
+            raise UnknownNameError(f'INPUT.TRANSFORMS: "{name}" (a Dassl transform) is not supported; '
                              f"available: {list(AVAILABLE_TRANSFORMS)}")
         if name not in AVAILABLE_TRANSFORMS:
-            raise ValueError(f'INPUT.TRANSFORMS: unknown transform "{name}"; available: {list(AVAILABLE_TRANSFORMS)}')
+            raise UnknownNameError(f'INPUT.TRANSFORMS: unknown transform "{name}"; available: {list(AVAILABLE_TRANSFORMS)}')
 
 
 def interpolation_mode(name):
     if name not in INTERPOLATION_MODES:
-        raise ValueError(f'INPUT.INTERPOLATION: unknown mode "{name}"; available: {list(INTERPOLATION_MODES)}')
+        raise UnknownNameError(f'INPUT.INTERPOLATION: unknown mode "{name}"; available: {list(INTERPOLATION_MODES)}')
     return INTERPOLATION_MODES[name]
 
 
