@@ -79,14 +79,19 @@ def test_config_node_defaults():
 def test_shipped_configs_merge(path):
     args = train.build_parser().parse_args(["--trainer", "DropoutPrompt", "--config-file", str(path)])
     cfg = train.setup_cfg(args)
-    assert cfg.TRAINER.DPL.PERTURBATION == "gaussian" and cfg.OPTIM.NAME == "sgd"
-    assert cfg.DATALOADER.TRAIN_X.BATCH_SIZE == 4
+    node = cfg.TRAINER.DPL
+    assert (node.PERTURBATION, node.SIGMA, node.P_MIN, node.P_MAX, node.MAG_WEIGHT, node.RES_WEIGHT) == (
+        "gaussian", 0.03, 0.1, 0.5, 30.0, 0.05)
+    assert cfg.DATALOADER.TRAIN_X.BATCH_SIZE == 4 and node.KL_WEIGHT == 2.5
+    official = path.stem.endswith("_official")
+    assert (cfg.OPTIM.NAME, cfg.OPTIM.LR) == (("adamw", 0.0002) if official else ("sgd", 0.0025))
     expected_depth = 3 if "cross_datasets" in path.stem else 9
-    assert cfg.TRAINER.DPL.PROMPT_DEPTH_TEXT == cfg.TRAINER.DPL.PROMPT_DEPTH_VISION == expected_depth
+    assert node.PROMPT_DEPTH_TEXT == expected_depth
+    assert node.PROMPT_DEPTH_VISION == (6 if official else expected_depth)
     assert cfg.OPTIM.MAX_EPOCH == (50 if "few_shot" in path.stem else 20)
     names = {p.stem for p in CONFIGS}
     assert {"vit_b16_c2_ep20_batch4_4+4ctx", "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets",
-            "vit_b16_c2_ep50_batch4_4+4ctx_few_shot"} <= names
+            "vit_b16_c2_ep50_batch4_4+4ctx_few_shot", "vit_b16_c2_ep20_batch4_4+4ctx_official"} <= names
 
 
 def test_bad_settings_are_one_line_errors(dtd_root, tiny_clip_path, tmp_path, capsys):
@@ -96,6 +101,9 @@ def test_bad_settings_are_one_line_errors(dtd_root, tiny_clip_path, tmp_path, ca
         dpl.resolve_layers([0, 12], 9, 12, "TRAINER.DPL.DROP_LAYERS_TEXT")
     assert dpl.resolve_layers([], 3, 12, "K") == frozenset({0, 1, 2})
     assert dpl.resolve_layers([5], 3, 12, "K") == frozenset({5})
+    assert dpl.resolve_layers(["none"], 3, 12, "K") == frozenset()
+    with pytest.raises(Exception, match="layer indices"):
+        dpl.resolve_layers(["all"], 3, 12, "K")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -204,7 +212,7 @@ ABLATIONS = {
     "full": (),
     "uniform_zero": ("TRAINER.DPL.IMPORTANCE", "uniform", "TRAINER.DPL.PERTURBATION", "zero"),
     "no_self": ("TRAINER.DPL.IMPORTANCE", "no_self"),
-    "no_cls": ("TRAINER.DPL.IMPORTANCE", "no_cls"),
+    "no_cls_vision_only": ("TRAINER.DPL.IMPORTANCE", "no_cls", "TRAINER.DPL.DROP_LAYERS_TEXT", "['none']"),
     "no_mag_without_mag_loss": ("TRAINER.DPL.IMPORTANCE", "no_mag", "TRAINER.DPL.MAG_WEIGHT", "0.0"),
     "off_gpa_fixed_lambda": ("TRAINER.DPL.PERTURBATION", "none", "TRAINER.DPL.GPA", "True", "TRAINER.DPL.GPA_MEAN",
                              "1.0", "TRAINER.DPL.RES_LAMBDA_FIXED", "True"),

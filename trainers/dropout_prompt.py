@@ -47,7 +47,7 @@ DPL_DEFAULTS = dict(
     P_MIN=0.1,
     P_MAX=0.5,
     UNIFORM_P=0.3,  # midpoint of [P_MIN, P_MAX]: the same mean rate without importance
-    DROP_LAYERS_TEXT=(),  # layers after which text tokens are perturbed; () = the prompted layers
+    DROP_LAYERS_TEXT=(),  # layers after which text tokens are perturbed; () = the prompted layers, ["none"] = none
     DROP_LAYERS_VISION=(),
     # Multimodal alignment guidance
     MAG_TOKENS=64,
@@ -81,12 +81,19 @@ def token_dropout_from(node):
 
 
 def resolve_layers(requested, prompted_depth, num_layers, key):
-    """The layer indices of ``requested`` (empty: the prompted layers ``0 .. prompted_depth - 1``)."""
-    layers = tuple(range(prompted_depth)) if len(requested) == 0 else tuple(int(layer) for layer in requested)
-    bad = [layer for layer in layers if not 0 <= layer < num_layers]
+    """The layer indices of ``requested``: empty = the prompted layers ``0 .. prompted_depth - 1``,
+    ``["none"]`` = no layer (e.g. dropout in one modality only), else layer indices of this backbone."""
+    requested = list(requested)
+    if not requested:
+        return frozenset(range(prompted_depth))
+    if [str(layer).lower() for layer in requested] == ["none"]:
+        return frozenset()
+    if not all(isinstance(layer, int) and not isinstance(layer, bool) for layer in requested):
+        raise UserError(f"{key} = {requested}: give layer indices (e.g. [0, 1, 2]), [] or ['none']")
+    bad = [layer for layer in requested if not 0 <= layer < num_layers]
     if bad:
-        raise UserError(f"{key} = {list(requested)} has layers {bad} outside 0..{num_layers - 1} of this backbone")
-    return frozenset(layers)
+        raise UserError(f"{key} = {requested} has layers {bad} outside 0..{num_layers - 1} of this backbone")
+    return frozenset(requested)
 
 
 class DropoutPromptModel(PromptSRCModel):
