@@ -68,10 +68,12 @@ def test_config_node_defaults():
     cfg = get_cfg_default()
     dpl.DropoutPrompt.extend_cfg(cfg)
     node = cfg.TRAINER.DPL
-    assert (node.P_MIN, node.P_MAX, node.SIGMA, node.PERTURBATION, node.IMPORTANCE) == (0.1, 0.5, 0.03, "gaussian", "full")
+    assert (node.P_MIN, node.P_MAX, node.SIGMA) == (0.1, 0.5, 0.03)
+    assert (node.PERTURBATION, node.IMPORTANCE) == ("gaussian", "full")
     assert (node.MAG_TOKENS, node.MAG_TEMPERATURE, node.MAG_WEIGHT) == (64, 1.0, 30.0)
     assert (node.RES_WEIGHT, node.RES_LAMBDA, node.RES_LAMBDA_FIXED) == (0.05, 0.1, False)
-    assert (node.TEXT_LOSS_WEIGHT, node.IMAGE_LOSS_WEIGHT, node.KL_WEIGHT, node.LABEL_SMOOTHING) == (25.0, 10.0, 2.5, 0.0)
+    assert (node.TEXT_LOSS_WEIGHT, node.IMAGE_LOSS_WEIGHT) == (25.0, 10.0)
+    assert (node.KL_WEIGHT, node.LABEL_SMOOTHING) == (2.5, 0.0)
     assert node.GPA is False and tuple(node.DROP_LAYERS_TEXT) == () and tuple(node.DROP_LAYERS_VISION) == ()
 
 
@@ -188,7 +190,8 @@ def test_logged_components_are_the_weighted_terms_and_sum_to_the_total(trainer, 
         "loss_img": (image - t_image).abs().mean() * node.IMAGE_LOSS_WEIGHT,
         "loss_kl": kl * node.KL_WEIGHT,
         "loss_re": -node.RES_WEIGHT * (entropy(scale * r_image @ t_text.T) + entropy(scale * t_image @ r_text.T)),
-        "loss_mag": node.MAG_WEIGHT * parts.mag_alignment_loss(vision_hook.mag_features, text_hook.mag_features, labels),
+        "loss_mag": node.MAG_WEIGHT * parts.mag_alignment_loss(
+            vision_hook.mag_features, text_hook.mag_features, labels),
     }
     assert set(losses) == set(raw)
     for name, value in raw.items():

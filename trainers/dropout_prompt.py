@@ -13,7 +13,6 @@ weighted term, so ``loss`` is their sum) and ``lambda``. Inference is the plain 
 The method's parts live in ``dropout_prompt_parts.py``; ``../shared/reference/method.md`` is the
 specification (official code: AdamW 2e-4; the shipped configs use PromptSRC's SGD recipe, see the YAML).
 """
-import torch
 import torch.nn.functional as F
 
 from dpl.clip import PROMPTSRC_TEMPLATES, dataset_template
@@ -102,7 +101,7 @@ class DropoutPromptModel(PromptSRCModel):
     def __init__(self, clip_model, classnames, node, templates, key_prefix="TRAINER.DPL"):
         super().__init__(clip_model, classnames, node, key_prefix, templates=templates)
         if not self.arch.is_vit:
-            raise UserError(f"DropoutPrompt drops tokens inside a ViT: set MODEL.BACKBONE.NAME to e.g. ViT-B/16")
+            raise UserError("DropoutPrompt drops tokens inside a ViT: set MODEL.BACKBONE.NAME to e.g. ViT-B/16")
         learner = self.prompt_learner
         depth_text = 1 + (0 if learner.deep_text is None else learner.deep_text.shape[0])
         depth_vision = 0 if learner.vision is None else learner.vision.shape[0]

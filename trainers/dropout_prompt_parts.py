@@ -317,7 +317,9 @@ class TokenDropoutHook(LayerHook):
     are in place, so what it returns is exactly the input of block ``layer + 1``. Ordering decision: the
     perturbation is applied *after* the next layer's prompts replace the prompt positions, so it reaches
     block ``layer + 1`` for every eligible token, the freshly inserted prompts included (perturbing before
-    the replacement would discard it at every prompted layer but the last).
+    the replacement would discard it at every prompted layer but the last). Importance and MAG read the
+    same tensor: block ``layer``'s output with block ``layer + 1``'s prompts at the prompt positions, and
+    the attention terms come from block ``layer``'s attention (positions, not the prompt values, match).
 
     drop_layers: layers after which tokens are perturbed (importance from that block's attention and MAG
         attention over the hook's input);
