@@ -431,3 +431,32 @@ def test_crash_while_writing_the_fewshot_cache_leaves_no_cache(tmp_path, monkeyp
     # A truncated cache (e.g. copied by another tool) is ignored, not trusted, and the sample is the same.
     cache_file.write_text(cache_file.read_text()[:50])
     assert few_shot_train(root) == reference
+
+
+# ----- the troubleshooting page quotes the messages the code prints -----------------------------------
+DOC_QUOTES = [
+    "DATA is not set: export DATA=/path/to/datasets", "is not a directory: point it to the folder holding the datasets",
+    "dataset folder", "To write a new random split instead", "image files are missing:",
+    "The file is damaged or not an image: replace it from the ",
+    "all of their images are used, so they get fewer than", "is not registered; available:",
+    "unknown CLIP backbone", "available, closest first:", "Config error: ", "is neither a TorchScript archive nor a torch "
+    "state dict", "is not a CLIP state dict that clip.model.build_model accepts", "set $DPL_CLIP_CACHE",
+    "(set $DPL_CLIP_CACHE to use another directory)", "does not match its SHA256 checksum",
+    "wait for it to finish or choose another --output-dir", "if no run is active there, delete",
+    "Taking over a stale run lock", "and TRAIN.IF_EXISTS is 'error': choose another --output-dir",
+    "Pass TRAIN.IF_EXISTS resume to run its final test again.", "Loss is infinite or NaN!",
+    "Try fp32 precision (the trainer's PREC key)", "choose one with --load-epoch N",
+    "(another trainer?)", "the model directory", "was saved by trainer", "(with its config) or a model dir of a",
+    "it is truncated or not a checkpoint", "is not finished: run its training script first",
+    "is unreadable or holds no final", "run(s) without a result (--strict)", "-shot accuracy:",
+]
+
+
+def test_troubleshooting_page_quotes_current_messages():
+    doc = (PROJECT_ROOT / "docs" / "TROUBLESHOOTING.md").read_text()
+    sources = [PROJECT_ROOT / "train.py", PROJECT_ROOT / "parse_results.py", PROJECT_ROOT / "scripts" / "_common.sh",
+               *(PROJECT_ROOT / "dpl").rglob("*.py"), *(PROJECT_ROOT / "trainers").glob("*.py")]
+    code = "\n".join(path.read_text() for path in sources)
+    for quote in DOC_QUOTES:
+        assert quote in doc, f"docs/TROUBLESHOOTING.md lacks {quote!r}"
+        assert quote.replace("$DPL_CLIP_CACHE", "${CACHE_ENV}") in code or quote in code, f"no code prints {quote!r}"
