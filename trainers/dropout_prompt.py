@@ -28,7 +28,6 @@ from dpl_trainers.dropout_prompt_parts import (
     residual_entropy_loss,
     residual_lambda,
 )
-from dpl_trainers.ivlp import IVLP
 from dpl_trainers.promptsrc import PromptSRC, PromptSRCModel, kl_to_teacher, l1_consistency
 
 DPL_DEFAULTS = dict(
@@ -167,10 +166,8 @@ class DropoutPrompt(PromptSRC):
             templates = PROMPTSRC_TEMPLATES
         return DropoutPromptModel(clip_model, classnames, node, templates, key_prefix=f"TRAINER.{self.CFG_NODE}")
 
-    def build_model(self):
-        super().build_model()
-        if not self.node.GPA:
-            self.gpa = None
+    def build_gpa(self):
+        return super().build_gpa() if self.node.GPA else None  # DroPLe has no GPA; PromptSRC's is optional here
 
     # --- the training step
     def residual_lambda(self):
@@ -205,21 +202,3 @@ class DropoutPrompt(PromptSRC):
         summary = super().forward_backward(batch)
         summary["lambda"] = self._last_lambda
         return summary
-
-    # --- GPA is optional here (PromptSRC always aggregates)
-    def after_epoch(self):
-        if self.gpa is None:
-            return IVLP.after_epoch(self)
-        return super().after_epoch()
-
-    def get_trainer_state(self):
-        if self.gpa is None:
-            return IVLP.get_trainer_state(self)
-        return super().get_trainer_state()
-
-    def set_trainer_state(self, state):
-        if self.gpa is None and "gpa" in state:
-            raise UserError("the checkpoint was trained with TRAINER.DPL.GPA True: resume with the same setting")
-        if self.gpa is not None and "gpa" not in state:
-            raise UserError("the checkpoint was trained with TRAINER.DPL.GPA False: resume with the same setting")
-        super().set_trainer_state(state)

@@ -174,7 +174,11 @@ class PromptSRC(IVLP):
 
     def build_model(self):
         super().build_model()
-        self.gpa = GaussianPromptAggregator(self.max_epoch, self.node.GPA_MEAN, self.node.GPA_STD)
+        self.gpa = self.build_gpa()
+
+    def build_gpa(self):
+        """The prompt aggregator, or None for a subclass that makes GPA optional."""
+        return GaussianPromptAggregator(self.max_epoch, self.node.GPA_MEAN, self.node.GPA_STD)
 
     def compute_losses(self, images, labels):
         out = self.model.forward_train(images)
@@ -194,18 +198,24 @@ class PromptSRC(IVLP):
 
     def after_epoch(self):
         """Aggregate this epoch's prompts; after the last epoch use the aggregate (before it is saved)."""
-        self.gpa.add(self.epoch, self.gpa_tensors())
-        if self.epoch + 1 == self.max_epoch:
-            print(GPA_LOG_LINE)
-            self.gpa.load_into(self.gpa_tensors())
+        if self.gpa is not None:
+            self.gpa.add(self.epoch, self.gpa_tensors())
+            if self.epoch + 1 == self.max_epoch:
+                print(GPA_LOG_LINE)
+                self.gpa.load_into(self.gpa_tensors())
         super().after_epoch()
 
     def get_trainer_state(self):
         state = super().get_trainer_state()
-        state["gpa"] = self.gpa.state_dict()
+        if self.gpa is not None:
+            state["gpa"] = self.gpa.state_dict()
         return state
 
     def set_trainer_state(self, state):
+        if (self.gpa is not None) != ("gpa" in state):
+            saved = "with" if "gpa" in state else "without"
+            raise UserError(f"the checkpoint was trained {saved} prompt aggregation (GPA): resume with the same "
+                            f"setting as the run that wrote it")
         super().set_trainer_state(state)
-        if "gpa" in state:
+        if self.gpa is not None:
             self.gpa.load_state_dict(state["gpa"])
