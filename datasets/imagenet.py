@@ -25,7 +25,7 @@ def check_known_wnids(folders, classnames, where, name):
     unknown = [f for f in folders if f not in classnames]
     if unknown:
         raise InvalidInputError(f"{name}: {len(unknown)} class folders of {where} are not in classnames.txt "
-                         f"(e.g. {unknown[0]!r}); is this the right folder?")
+                                f"(e.g. {unknown[0]!r}); is this the right folder?")
 
 
 def read_class_folders(split_dir, folders, classnames):
@@ -54,7 +54,7 @@ class ImageNet(BenchmarkDataset):
         if val_folders != folders:
             only = sorted(set(folders) ^ set(val_folders))
             raise InvalidInputError(f"ImageNet: {train_dir} and {val_dir} hold different class folders "
-                             f"({len(only)} differ, e.g. {only[0]!r}); both need one folder per wnid.")
+                                    f"({len(only)} differ, e.g. {only[0]!r}); both need one folder per wnid.")
         train = read_class_folders(train_dir, folders, classnames)
         test = read_class_folders(val_dir, folders, classnames)
         return train, test, test
@@ -65,8 +65,8 @@ class ImageNet(BenchmarkDataset):
                                     f"wnid). {self.checker_hint}")
         folders = subfolders(split_dir)
         if not folders:
-            raise InvalidInputError(f"ImageNet: {split_dir} holds no class folders. The val images must be sorted into one "
-                             "folder per wnid (e.g. with the widely used valprep.sh) before use.")
+            raise InvalidInputError(f"ImageNet: {split_dir} holds no class folders. The val images must be sorted "
+                                    "into one folder per wnid (e.g. with the widely used valprep.sh) before use.")
         check_known_wnids(folders, classnames, split_dir, self.name)
         return folders
 

@@ -171,7 +171,9 @@ def read_clip_state_dict(path):
     if isinstance(loaded, Mapping) and isinstance(loaded.get("state_dict"), Mapping):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, Mapping) or not all(torch.is_tensor(v) for v in loaded.values()):
-        raise InvalidInputError(f"{path} does not hold a state dict of tensors; point {PATH_KEY} at a CLIP weights file")
+        raise InvalidInputError(
+            f"{path} does not hold a state dict of tensors; point {PATH_KEY} at a CLIP weights file"
+        )
     # Compact files (the pocket CLIP) store the token embedding sparse: only the rows their vocabulary uses.
     return {k: v.to_dense() if v.is_sparse else v for k, v in loaded.items()}
 

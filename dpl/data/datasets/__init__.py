@@ -12,8 +12,8 @@ from .fewshot_cache import fewshot_splits, portable_cache_path, upstream_cache_p
 from .sampling import sample_fewshot
 from .splits import (check_image_files, class_folder_items, subfolders, find_missing_files, read_and_split_data, read_classnames, read_split,
                      save_split, split_trainval)
-from .subsample import (LONG_TAIL_GROUP_THRESHOLDS, LONG_TAIL_GROUPS, long_tail_groups, long_tail_profile, subsample_classes,
-                        subsample_long_tail)
+from .subsample import (LONG_TAIL_GROUP_THRESHOLDS, LONG_TAIL_GROUPS, long_tail_groups, long_tail_profile,
+                        subsample_classes, subsample_long_tail)
 
 __all__ = [
     "DATASET_REGISTRY", "build_dataset", "Datum", "DatasetBase", "BenchmarkDataset", "COOP_DATASETS_DOC",

@@ -133,7 +133,7 @@ def read_upstream_cache(path, dataset_dir, train, val, fewshot_val=True):
         raise InvalidInputError(f"Few-shot cache {path} cannot be read ({err}); move it away to draw a new sample.") from err
     if not isinstance(data, dict) or "train" not in data or (fewshot_val and "val" not in data):
         raise InvalidInputError(f"Few-shot cache {path} is not an upstream few-shot cache (expected a dict with "
-                         f"'train'{' and val' if fewshot_val else ''}); move it away to draw a new sample.")
+                                f"'train'{' and val' if fewshot_val else ''}); move it away to draw a new sample.")
     fs_train = _datums_from_pickle(data["train"], dataset_dir)
     fs_val = _datums_from_pickle(data["val"], dataset_dir) if fewshot_val else val
     _warn_if_foreign(path, fs_train + (fs_val if fewshot_val else []), train + (val if fewshot_val else []))

@@ -86,7 +86,7 @@ def read_and_split_data(image_dir, p_trn=0.5, p_val=0.2, ignored=(), new_cnames=
         n_train, n_val = round(len(images) * p_trn), round(len(images) * p_val)
         if n_train < 1 or n_val < 1 or len(images) - n_train - n_val < 1:
             raise InvalidInputError(f"Category folder {category_dir} has {len(images)} images: too few to split "
-                             f"into train/val/test with p_trn={p_trn}, p_val={p_val}.")
+                                    f"into train/val/test with p_trn={p_trn}, p_val={p_val}.")
         cname = new_cnames.get(category, category)
         train += [Datum(impath=im, label=label, classname=cname) for im in images[:n_train]]
         val += [Datum(impath=im, label=label, classname=cname) for im in images[n_train:n_train + n_val]]

@@ -52,7 +52,7 @@ def check_choices(choices):
     for name in choices:
         if name in UNSUPPORTED_DASSL_TRANSFORMS:
             raise UnknownNameError(f'INPUT.TRANSFORMS: "{name}" (a Dassl transform) is not supported; '
-                             f"available: {list(AVAILABLE_TRANSFORMS)}")
+                                   f"available: {list(AVAILABLE_TRANSFORMS)}")
         if name not in AVAILABLE_TRANSFORMS:
             raise UnknownNameError(f'INPUT.TRANSFORMS: unknown transform "{name}"; available: {list(AVAILABLE_TRANSFORMS)}')
 
