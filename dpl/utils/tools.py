@@ -66,11 +66,27 @@ def set_random_seed(seed):
 
 
 def collect_env_info():
-    """A human-readable description of the software environment."""
-    from torch.utils.collect_env import get_pretty_env_info
+    """A human-readable description of the software and hardware a run used.
+
+    Our own short report rather than torch's ``collect_env``, which shells out to pip, conda and
+    nvidia-smi and costs seconds per run.
+    """
+    import platform
+
     import PIL
 
-    return get_pretty_env_info() + f"\n        Pillow ({PIL.__version__})"
+    lines = [
+        f"Python: {sys.version.split()[0]} ({platform.platform()})",
+        f"PyTorch: {torch.__version__} (CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()})",
+        f"NumPy: {np.__version__}; Pillow: {PIL.__version__}",
+        f"CPU threads: {torch.get_num_threads()}",
+    ]
+    if torch.cuda.is_available():
+        names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        lines.append(f"GPUs: {', '.join(names)}")
+    else:
+        lines.append("GPUs: none")
+    return "\n".join(lines)
 
 
 def count_num_param(model=None, params=None):
