@@ -2,12 +2,17 @@
 
 Dataset fixtures in the exact upstream layouts live in ``tests/datagen.py``.
 """
+import sys
 import warnings
 
 import pytest
 import torch
 
-import dpl.project  # noqa: F401  (makes dpl_datasets / dpl_trainers importable)
+from dpl.project import PROJECT_ROOT  # also makes dpl_datasets / dpl_trainers importable
+
+# The entry points (train.py, parse_results.py) are scripts at the repo root: tests import them as modules.
+if str(PROJECT_ROOT) not in sys.path:
+    sys.path.insert(0, str(PROJECT_ROOT))
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 

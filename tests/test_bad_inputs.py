@@ -5,12 +5,9 @@ Each case runs the real entry point: ``train.py`` through its ``cli(argv)`` in-p
 costs the torch import), the protocol scripts with bash, ``parse_results.main(argv)``. ``train.py``
 exits 2 for command-line/config errors (nothing written) and 1 for run errors.
 """
-import importlib.util
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,11 +16,8 @@ from datagen import make_dataset
 from dpl.project import PROJECT_ROOT
 from dpl.utils import close_logger
 
-spec = importlib.util.spec_from_file_location("dpl_train_bad_inputs", PROJECT_ROOT / "train.py")
-TRAIN = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(TRAIN)
-sys.path.insert(0, str(PROJECT_ROOT))
-import parse_results  # noqa: E402
+import parse_results  # the repo root is on sys.path: tests/conftest.py
+import train as TRAIN
 
 CONFIG = PROJECT_ROOT / "configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml"
 DTD_CONFIG = PROJECT_ROOT / "configs/datasets/dtd.yaml"

@@ -1,22 +1,13 @@
 """Config: merge order of train.py, unknown keys and wrong types rejected, CONFIG_NAME."""
-import importlib.util
 
 import pytest
 from yacs.config import CfgNode as CN
 
 from dpl.config import get_cfg_default
 from dpl.engine import TRAINER_REGISTRY, TrainerX, extend_cfg_for_all_trainers
-from dpl.project import PROJECT_ROOT
 
 
-def load_train_script():
-    spec = importlib.util.spec_from_file_location("dpl_train_script", PROJECT_ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train = load_train_script()
+import train  # the repo root is on sys.path: tests/conftest.py
 
 
 @TRAINER_REGISTRY.register()

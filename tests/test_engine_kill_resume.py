@@ -1,6 +1,5 @@
 """Exact resume after SIGKILL: a real ``train.py`` process is killed mid-run and restarted with the
 same command; it must end with the same learnable weights and accuracy as an uninterrupted run."""
-import importlib.util
 import json
 import os
 import signal
@@ -14,9 +13,7 @@ from datagen import make_dataset
 from dpl.project import PROJECT_ROOT
 from dpl.utils import close_logger
 
-_spec = importlib.util.spec_from_file_location("dpl_train_script", PROJECT_ROOT / "train.py")
-train = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(train)
+import train  # the repo root is on sys.path: tests/conftest.py
 
 MAX_EPOCH = 3
 

@@ -3,7 +3,6 @@
 A test-local dataset (coloured 8x8 squares) and a test-local trainer (a linear classifier with
 dropout, so resume must restore the RNG) exercise the TrainerX lifecycle without CLIP.
 """
-import importlib.util
 import json
 import os
 import re
@@ -21,7 +20,6 @@ from dpl.data.datasets import DATASET_REGISTRY, DatasetBase, Datum
 from dpl.engine import TRAINER_REGISTRY, TrainerX, build_trainer, extend_cfg_for_all_trainers
 from dpl.metrics import compute_accuracy
 from dpl.optim import build_lr_scheduler, build_optimizer
-from dpl.project import PROJECT_ROOT
 from dpl.utils import close_logger, set_random_seed
 
 CLASSNAMES = ["red", "green", "blue"]
@@ -116,14 +114,7 @@ def config_files(tmp_path_factory):
     return folder
 
 
-def load_train_script():
-    spec = importlib.util.spec_from_file_location("dpl_train_script", PROJECT_ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train = load_train_script()
+import train  # the repo root is on sys.path: tests/conftest.py
 
 
 def cli(data_root, config_files, output_dir, *extra, trainer="EngineTestLinear"):

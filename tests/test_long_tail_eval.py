@@ -7,17 +7,14 @@ Fixture: synthetic DTD, 10 classes x 12 images -> base classes 0-4 with 6 traini
 """
 import json
 import re
-import sys
 
 import numpy as np
 import pytest
 
 import test_trainer_base
-from dpl.project import PROJECT_ROOT
 from test_trainer_base import run_train, train_opts
 
-sys.path.insert(0, str(PROJECT_ROOT))
-import parse_results  # noqa: E402
+import parse_results  # noqa: E402  (the repo root is on sys.path: tests/conftest.py)
 
 EXPECTED_GROUPS = {0: "many", 1: "many", 2: "medium", 3: "medium", 4: "few"}
 LONG_TAIL = ("DATASET.SUBSAMPLE_CLASSES", "base", "DATASET.IMBALANCE_RATIO", "10.0")

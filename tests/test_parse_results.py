@@ -20,8 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "logs" / "upstream"
-sys.path.insert(0, str(REPO))
-import parse_results  # noqa: E402
+import parse_results  # noqa: E402  (the repo root is on sys.path: tests/conftest.py)
 
 
 def run_cli(*argv):

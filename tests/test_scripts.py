@@ -17,8 +17,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
-sys.path.insert(0, str(REPO))
-import parse_results  # noqa: E402
+import parse_results  # noqa: E402  (the repo root is on sys.path: tests/conftest.py)
 
 METHOD_DIRS = ("dpl", "coop", "kgcoop", "promptsrc", "ivlp", "zsclip")
 TRAINED_METHODS = METHOD_DIRS[:-1]

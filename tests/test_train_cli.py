@@ -1,5 +1,4 @@
 """train.py's command line: CoOp's flags and help texts, exit codes for user errors."""
-import importlib.util
 import subprocess
 import sys
 
@@ -12,14 +11,7 @@ COOP_FLAGS = [
 ]
 
 
-def load_train_script():
-    spec = importlib.util.spec_from_file_location("dpl_train_script", PROJECT_ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-train = load_train_script()
+import train  # the repo root is on sys.path: tests/conftest.py
 
 
 def test_help_lists_coop_flags_and_help_texts(tmp_path):

@@ -4,7 +4,6 @@ text features encoded once per test(), INPUT.SIZE check, and the trainer config 
 Also holds the helpers the other ``test_trainer_*`` files use to run ``train.py`` in-process on
 the tiny CLIP and a synthetic DTD folder.
 """
-import importlib.util
 import re
 
 import pytest
@@ -25,14 +24,7 @@ CLASSNAMES = ["banded", "blotchy", "bumpy_thing"]
 
 
 # ----- helpers shared by the trainer tests ----------------------------------------------------------
-def _load_train_module():
-    spec = importlib.util.spec_from_file_location("dpl_train_entry", PROJECT_ROOT / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-TRAIN = _load_train_module()
+import train as TRAIN  # the repo root is on sys.path: tests/conftest.py
 
 
 def run_train(tmp_path, weights, trainer, config, *extra, out="out", n_classes=4, per_class=6):
