@@ -10,7 +10,6 @@ venv: $(STAMP)
 
 $(STAMP): setup.py requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade "pip>=23"
 	$(PY) -m pip install -e ".[test]"
 	touch $(STAMP)
 
