@@ -15,16 +15,17 @@ from test_trainer_base import build_trainer_in_process
 
 QUICK = ["--arch", "tiny", "--steps", "2", "--warmup", "1", "--num-classes", "5", "--eval-batch-size", "4",
          "--eval-batches", "1"]
-RESULT_KEYS = {"trainer", "variant", "step_seconds", "step_seconds_median", "peak_memory_mib",
-               "peak_memory_total_mib", "memory_kind", "eval_images_per_second", "step_vs_PromptSRC", "step_vs_CoOp",
-               "memory_vs_PromptSRC", "memory_vs_CoOp", "num_classes", "batch_size", "precision"}
+RESULT_KEYS = {"trainer", "variant", "step_seconds", "step_seconds_median", "step_cpu_seconds_median", "step_gflop",
+               "peak_memory_mib", "peak_memory_total_mib", "memory_kind", "eval_images_per_second",
+               "step_vs_PromptSRC", "step_vs_CoOp", "step_cpu_vs_PromptSRC", "flops_vs_PromptSRC",
+               "memory_vs_PromptSRC", "memory_vs_CoOp", "num_classes", "batch_size", "precision", "threads"}
 
 
 def test_quick_benchmark_prints_table_and_writes_json(tmp_path, capsys):
     """The CI form: two trainers (incl. DropoutPrompt) in spawned processes, the eval comparison, JSON."""
     out = tmp_path / "bench.json"
     code = bench_main(QUICK + ["--trainers", "PromptSRC,DropoutPrompt", "--eval-compare-classes", "6",
-                               "--json", str(out)])
+                               "--threads", "1", "--json", str(out)])
     assert code == 0
     text = capsys.readouterr().out
     assert "| trainer" in text and "x PromptSRC" in text and "eval img/s" in text
@@ -38,13 +39,15 @@ def test_quick_benchmark_prints_table_and_writes_json(tmp_path, capsys):
         assert RESULT_KEYS <= set(row)
         assert len(row["step_seconds"]) == 2 and row["step_seconds_median"] > 0
         assert row["peak_memory_mib"] is not None and row["peak_memory_total_mib"] > row["peak_memory_mib"]
-        assert row["eval_images_per_second"] > 0 and row["variant"] == "plain"
+        assert row["eval_images_per_second"] > 0 and row["variant"] == "plain" and row["threads"] == 1
         assert row["step_vs_CoOp"] is None  # CoOp was not measured
     assert rows["PromptSRC"]["step_vs_PromptSRC"] == 1.0
     expected = rows["DropoutPrompt"]["step_seconds_median"] / rows["PromptSRC"]["step_seconds_median"]
     assert rows["DropoutPrompt"]["step_vs_PromptSRC"] == pytest.approx(expected)
     assert doc["targets"]["step_ratio"] == pytest.approx(expected)
     assert doc["targets"]["step_met"] == (expected <= 1.15)
+    # DropoutPrompt adds compute (attention maps, the MAG projections); the FLOP count is load-independent
+    assert rows["DropoutPrompt"]["step_gflop"] > rows["PromptSRC"]["step_gflop"] > 0
     compare = doc["eval_compare"]
     assert compare["num_classes"] == 6 and compare["once_images_per_second"] > 0
     assert compare["speedup"] == pytest.approx(compare["once_images_per_second"] / compare["per_batch_images_per_second"])
@@ -59,6 +62,8 @@ def test_text_switch_variant_rows_and_ratios_within_variant(tmp_path, capsys):
     rows = {(row["trainer"], row["variant"]): row for row in doc["results"]}
     assert set(rows) == {(t, v) for t in ("ZeroshotCLIP", "CoOp") for v in ("plain", "chunk 2 + checkpoint")}
     assert rows["CoOp", "chunk 2 + checkpoint"]["step_vs_CoOp"] == 1.0  # against CoOp of the same variant
+    chunked, plain = rows["CoOp", "chunk 2 + checkpoint"], rows["CoOp", "plain"]
+    assert chunked["step_gflop"] > plain["step_gflop"]  # checkpointing recomputes the text blocks' forward
     zero_shot = rows["ZeroshotCLIP", "plain"]
     assert "step_seconds" not in zero_shot and zero_shot["eval_images_per_second"] > 0  # eval only
     assert doc["eval_compare"] is None and doc["targets"] is None

@@ -43,6 +43,11 @@ def build_parser():
                         help="also measure every trainer with MODEL.TEXT_CHUNK_SIZE set to this")
     parser.add_argument("--text-checkpoint", action="store_true",
                         help="also measure every trainer with MODEL.TEXT_CHECKPOINT True")
+    parser.add_argument("--no-flops", action="store_true",
+                        help="skip the extra untimed step that counts each trainer's FLOPs")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads per measurement (0: torch's default); 1 gives steadier numbers on "
+                             "cores shared with other work")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--in-process", action="store_true",
                         help="measure in this process (faster start; peak memory then carries over between trainers)")
@@ -60,7 +65,7 @@ def check_args(parser, args):
     for flag in ("batch_size", "num_classes", "eval_batch_size"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1")
-    for flag in ("steps", "warmup", "eval_batches", "eval_compare_classes", "text_chunk"):
+    for flag in ("steps", "warmup", "eval_batches", "eval_compare_classes", "text_chunk", "threads"):
         if getattr(args, flag) < 0:
             parser.error(f"--{flag.replace('_', '-')} must be >= 0")
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
@@ -78,7 +83,8 @@ def plan_tasks(args, trainers, backbone_name, weights_path, resolution, output_d
     """(per-trainer tasks, eval-comparison task or None)."""
     common = dict(backbone_name=backbone_name, weights_path=str(weights_path), resolution=resolution,
                   device=args.device, output_dir=str(output_dir), batch_size=args.batch_size, steps=args.steps,
-                  warmup=args.warmup, eval_batch_size=args.eval_batch_size, seed=args.seed, verbose=args.verbose)
+                  warmup=args.warmup, eval_batch_size=args.eval_batch_size, count_flops=not args.no_flops,
+                  threads=args.threads, seed=args.seed, verbose=args.verbose)
     variants = [(0, False)]
     if args.text_chunk or args.text_checkpoint:
         variants.append((args.text_chunk, args.text_checkpoint))
@@ -123,7 +129,7 @@ def run(args, trainers):
         "memory_kind": "CUDA max allocated" if torch.device(args.device).type == "cuda" else (
             "peak RSS" if cpu_peak_memory_supported() else "unavailable (no /proc)"),
         "host": platform.node(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__, "torch_threads": results[0]["threads"],
         "load_average_start": load_start, "load_average_end": _load_average(),
     }
     rows = add_ratios(results)

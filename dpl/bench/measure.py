@@ -46,6 +46,8 @@ class Task:
     eval_per_batch_text: bool = False  # also time evaluation that re-encodes the class prompts every batch
     text_chunk_size: int = 0
     text_checkpoint: bool = False
+    count_flops: bool = True  # one extra, untimed step under torch's FLOP counter
+    threads: int = 0  # torch intra-op threads (0: torch's default)
     seed: int = 0
     verbose: bool = False
 
@@ -113,11 +115,15 @@ def _synchronize(device):
 
 
 def _timed(device, fn):
+    """(wall seconds, process CPU seconds, result) of ``fn()``.
+
+    CPU seconds (all threads) stay comparable between trainers when other processes share the cores.
+    """
     _synchronize(device)
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     result = fn()
     _synchronize(device)
-    return time.perf_counter() - start, result
+    return time.perf_counter() - wall, time.process_time() - cpu, result
 
 
 def synthetic_batch(batch_size, num_classes, resolution, device, generator):
@@ -128,17 +134,34 @@ def synthetic_batch(batch_size, num_classes, resolution, device, generator):
 
 
 def training_step_seconds(trainer, batch, steps, warmup):
-    """Seconds of each timed ``forward_backward`` (forward, backward, optimizer step) after ``warmup`` steps."""
-    images, labels = batch
+    """(wall, CPU) seconds of each timed ``forward_backward`` (forward, backward, optimizer step) after
+    ``warmup`` untimed steps."""
     trainer.set_model_mode("train")
-    trainer.num_batches = steps + warmup + 1  # never the epoch's last batch: the LR schedule stays put
-    seconds = []
+    trainer.num_batches = steps + warmup + 2  # never the epoch's last batch: the LR schedule stays put
+    wall, cpu = [], []
     for index in range(warmup + steps):
         trainer.batch_idx = index
-        elapsed, _ = _timed(trainer.device, lambda: trainer.forward_backward({"img": images, "label": labels}))
+        elapsed, cpu_elapsed, _ = _timed(trainer.device, lambda: _train_step(trainer, batch))
         if index >= warmup:
-            seconds.append(elapsed)
-    return seconds
+            wall.append(elapsed)
+            cpu.append(cpu_elapsed)
+    return wall, cpu
+
+
+def _train_step(trainer, batch):
+    images, labels = batch
+    return trainer.forward_backward({"img": images, "label": labels})
+
+
+def training_step_flops(trainer, batch):
+    """FLOPs of one ``forward_backward`` as counted by ``torch.utils.flop_counter`` (matmuls, convolutions,
+    attention): a load-independent measure of the compute a trainer adds."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    trainer.set_model_mode("train")
+    with FlopCounterMode(display=False) as counter:
+        _train_step(trainer, batch)
+    return counter.get_total_flops()
 
 
 @torch.no_grad()
@@ -155,13 +178,23 @@ def evaluation_seconds(trainer, batches, per_batch_text=False):
             for images in batches:
                 model(images, text_features=text_features)
 
-    elapsed, _ = _timed(trainer.device, run)
+    elapsed, _, _ = _timed(trainer.device, run)
     return elapsed
 
 
 # ----- one measurement --------------------------------------------------------------------------
 def measure(task):
     """Run ``task`` in this process; a dict of its settings and results (seconds, MiB, images/s)."""
+    threads = torch.get_num_threads()
+    if task.threads:
+        torch.set_num_threads(task.threads)
+    try:
+        return dict(_measure(task), threads=torch.get_num_threads())
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _measure(task):
     torch.manual_seed(task.seed)
     cfg = bench_cfg(task.trainer, task.backbone_name, task.weights_path, task.resolution, task.device,
                     task.output_dir, task.text_chunk_size, task.text_checkpoint)
@@ -175,10 +208,14 @@ def measure(task):
     if task.steps > 0 and task.trainer not in EVAL_ONLY_TRAINERS:
         batch = synthetic_batch(task.batch_size, task.num_classes, task.resolution, device, generator)
         memory = PeakMemory(device).start()
-        seconds = training_step_seconds(trainer, batch, task.steps, task.warmup)
+        wall, cpu = training_step_seconds(trainer, batch, task.steps, task.warmup)
         peak, peak_total = memory.read()
-        result.update(step_seconds=seconds, step_seconds_median=statistics.median(seconds),
-                      peak_memory_mib=peak, peak_memory_total_mib=peak_total, memory_kind=memory.kind)
+        result.update(step_seconds=wall, step_seconds_median=statistics.median(wall), step_cpu_seconds=cpu,
+                      step_cpu_seconds_median=statistics.median(cpu), peak_memory_mib=peak,
+                      peak_memory_total_mib=peak_total, memory_kind=memory.kind)
+        if task.count_flops:
+            trainer.batch_idx = task.warmup + task.steps
+            result.update(step_gflop=training_step_flops(trainer, batch) / 1e9)
         del batch
     if task.eval_batches > 0:
         batches = [synthetic_batch(task.eval_batch_size, task.num_classes, task.resolution, device, generator)[0]

@@ -3,7 +3,14 @@ from tabulate import tabulate
 
 REFERENCES = ("PromptSRC", "CoOp")  # ratios are taken against these trainers' rows of the same variant
 TARGET_TRAINER, TARGET_REFERENCE, TARGET_RATIO = "DropoutPrompt", "PromptSRC", 1.15
-METRICS = {"step": "step_seconds_median", "memory": "peak_memory_mib"}
+METRICS = {  # ratio name -> result field
+    "step": "step_seconds_median",  # wall time
+    "step_cpu": "step_cpu_seconds_median",  # process CPU time: steadier than wall time on shared cores
+    "flops": "step_gflop",
+    "memory": "peak_memory_mib",
+}
+TARGET_METRICS = (("step", "step time"), ("step_cpu", "step CPU time"), ("flops", "step FLOPs"),
+                  ("memory", "peak memory"))
 
 
 def variant_of(result):
@@ -38,7 +45,7 @@ def add_ratios(results):
 
 
 def target_check(rows):
-    """DropoutPrompt's step time and peak memory relative to PromptSRC (plain variant), or None."""
+    """DropoutPrompt's step time (wall, CPU), FLOPs and peak memory relative to PromptSRC (plain variant), or None."""
     by_key = {(r["trainer"], r["variant"]): r for r in rows}
     row = by_key.get((TARGET_TRAINER, "plain"))
     if row is None or (TARGET_REFERENCE, "plain") not in by_key:
@@ -55,19 +62,25 @@ def _fmt(value, digits=2):
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _ms(seconds):
+    return None if seconds is None else seconds * 1000
+
+
 def results_table(rows):
-    headers = ["trainer", "text encoding", "step ms", "x PromptSRC", "x CoOp", "peak MiB", "x PromptSRC",
-               "x CoOp", "eval img/s"]
+    """Markdown table: wall/CPU step time, FLOPs and peak memory with ratios, evaluation throughput."""
+    headers = ["trainer", "text encoding", "step ms", "x PromptSRC", "x CoOp", "CPU ms", "x PromptSRC", "GFLOP",
+               "x PromptSRC", "peak MiB", "x PromptSRC", "x CoOp", "eval img/s"]
     body = []
     for row in rows:
-        step = row.get("step_seconds_median")
         body.append([
-            row["trainer"], row["variant"], _fmt(None if step is None else step * 1000, 0),
-            _fmt(row["step_vs_PromptSRC"]), _fmt(row["step_vs_CoOp"]),
+            row["trainer"], row["variant"],
+            _fmt(_ms(row.get("step_seconds_median")), 0), _fmt(row["step_vs_PromptSRC"]), _fmt(row["step_vs_CoOp"]),
+            _fmt(_ms(row.get("step_cpu_seconds_median")), 0), _fmt(row["step_cpu_vs_PromptSRC"]),
+            _fmt(row.get("step_gflop"), 1), _fmt(row["flops_vs_PromptSRC"]),
             _fmt(row.get("peak_memory_mib"), 0), _fmt(row["memory_vs_PromptSRC"]), _fmt(row["memory_vs_CoOp"]),
             _fmt(row.get("eval_images_per_second"), 1),
         ])
-    return tabulate(body, headers=headers, tablefmt="github")
+    return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
 
 
 def eval_compare_summary(result):
@@ -93,7 +106,7 @@ def eval_compare_line(summary):
 
 def target_line(check):
     parts = []
-    for metric, label in (("step", "step time"), ("memory", "peak memory")):
+    for metric, label in TARGET_METRICS:
         ratio, met = check[f"{metric}_ratio"], check[f"{metric}_met"]
         verdict = "n/a" if met is None else ("met" if met else "MISSED")
         parts.append(f"{label} {_fmt(ratio)}x ({verdict})")
@@ -104,6 +117,7 @@ def report_text(rows, meta, compare=None, check=None):
     lines = [
         f"dpl.bench {meta['date']}  arch {meta['arch']}  device {meta['device']}  batch {meta['batch_size']}  "
         f"classes {meta['num_classes']}  steps {meta['steps']} (+{meta['warmup']} warm-up)  "
+        f"threads {meta['torch_threads']}  "
         f"load {meta['load_average_start']} -> {meta['load_average_end']}",
         f"memory: {meta['memory_kind']} above the built model",
         "",
