@@ -166,20 +166,18 @@ def training_step_flops(trainer, batch):
 
 @torch.no_grad()
 def evaluation_seconds(trainer, batches, per_batch_text=False):
-    """Seconds to classify ``batches`` as ``ClipPromptTrainer.test`` does: the class prompts encoded once,
-    then ``model(images, text_features)`` per batch; ``per_batch_text`` re-encodes them for every batch
-    (``model(images)``, the upstream Dassl/CoOp evaluation)."""
+    """(total, class-prompt encoding) seconds to classify ``batches`` as ``ClipPromptTrainer.test`` does:
+    the class prompts encoded once, then ``model(images, text_features)`` per batch. ``per_batch_text``
+    re-encodes them for every batch (``model(images)``, the upstream Dassl/CoOp evaluation); the
+    encoding is then inside the total and reported as None."""
     model = trainer.model
     trainer.set_model_mode("eval")
-
-    def run():
-        with trainer.autocast():
-            text_features = None if per_batch_text else model.encode_text()
-            for images in batches:
-                model(images, text_features=text_features)
-
-    elapsed, _, _ = _timed(trainer.device, run)
-    return elapsed
+    with trainer.autocast():
+        text_seconds, text_features = None, None
+        if not per_batch_text:
+            text_seconds, _, text_features = _timed(trainer.device, model.encode_text)
+        images_seconds, _, _ = _timed(trainer.device, lambda: [model(x, text_features=text_features) for x in batches])
+    return images_seconds + (text_seconds or 0.0), text_seconds
 
 
 # ----- one measurement --------------------------------------------------------------------------
@@ -221,10 +219,10 @@ def _measure(task):
         batches = [synthetic_batch(task.eval_batch_size, task.num_classes, task.resolution, device, generator)[0]
                    for _ in range(task.eval_batches)]
         images = task.eval_batch_size * task.eval_batches
-        seconds = evaluation_seconds(trainer, batches)
-        result.update(eval_seconds=seconds, eval_images_per_second=images / seconds)
+        seconds, text_seconds = evaluation_seconds(trainer, batches)
+        result.update(eval_seconds=seconds, eval_text_seconds=text_seconds, eval_images_per_second=images / seconds)
         if task.eval_per_batch_text:
-            seconds = evaluation_seconds(trainer, batches, per_batch_text=True)
+            seconds, _ = evaluation_seconds(trainer, batches, per_batch_text=True)
             result.update(eval_per_batch_text_seconds=seconds,
                           eval_per_batch_text_images_per_second=images / seconds)
     return result
