@@ -1,6 +1,6 @@
-"""Pocket: generated coloured shapes ("red circle", ...), the offline default dataset.
+"""Pocket: generated coloured shapes on coloured backgrounds ("red shape on white", ...), the offline default dataset.
 
-36 classes = 6 colours x 6 shapes (18 base / 18 new; each colour and shape appears in both halves).
+36 classes = 6 shape colours x 6 background colours (18 base / 18 new; each colour appears in both halves).
 The images are generated on first use under ``DATASET.ROOT/pocket`` (see ``dpl.pocket.files``); after
 that the loader is an ordinary CoOp loader: split file, few-shot draw and cache, base/new subsampling.
 """

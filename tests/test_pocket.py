@@ -8,7 +8,7 @@ import torch
 from dpl.config import get_cfg_default
 from dpl.data.datasets import build_dataset
 from dpl.pocket import files
-from dpl.pocket.shapes import COLOURS, SHAPES, class_names, generate, pocket_classes
+from dpl.pocket.shapes import BACKGROUNDS, COLOURS, class_names, generate, pocket_classes
 
 
 def test_generator_is_a_pure_function_of_labels_and_seed():
@@ -21,29 +21,32 @@ def test_generator_is_a_pure_function_of_labels_and_seed():
     assert not torch.equal(first[3], first[4])
 
 
-def test_shapes_differ_for_the_same_scene():
-    """With every nuisance parameter equal, the six shapes of one colour give six different images."""
+def test_backgrounds_differ_for_the_same_shape_colour():
+    """The six backgrounds of one shape colour give six different images."""
     red = [label for label, (colour, _) in enumerate(pocket_classes()) if colour == "red"]
     images = generate(torch.tensor(red), seed=0)
     flat = images.flatten(1).float()
     assert torch.cdist(flat, flat).add(torch.eye(len(red)) * 1e9).min() > 0
 
 
-def test_foreground_carries_the_class_colour():
-    """The pixels most unlike the background have the hue of the class colour (red > green, blue)."""
-    label = class_names().index("red circle")
+def test_shape_and_background_carry_the_class_colours():
+    """The pixels most unlike the background have the hue of the shape colour; the corners show the
+    background colour (a cyan background: blue and green well above red)."""
+    label = class_names().index("red shape on cyan")
     image = generate(torch.tensor([label]), seed=1)[0].float()  # [3, H, W]
     red_excess = image[0] - image[1:].mean(0)
     assert red_excess.flatten().topk(100).values.min() > 80
+    corner = image[:, :4, :4].mean(dim=(1, 2))
+    assert corner[1] - corner[0] > 60 and corner[2] - corner[0] > 60
 
 
 def test_classes_are_compositional_and_both_halves_hold_every_attribute():
     names = class_names()
-    assert len(names) == len(set(names)) == len(COLOURS) * len(SHAPES) >= 20
+    assert len(names) == len(set(names)) == len(COLOURS) * len(BACKGROUNDS) >= 20
     half = math.ceil(len(names) / 2)
     for part in (pocket_classes()[:half], pocket_classes()[half:]):
         assert {c for c, _ in part} == set(COLOURS)
-        assert {s for _, s in part} == set(SHAPES)
+        assert {b for _, b in part} == set(BACKGROUNDS)
 
 
 def pocket_cfg(root, shots=-1, subsample="all", seed=1):
@@ -72,7 +75,7 @@ def test_loader_generates_the_folder_once_and_runs_the_shared_protocol(tmp_path,
 
     split = json.loads((folder / "split_zhou_Pocket.json").read_text())
     relative, label, name = split["test"][0]
-    assert relative == "red_circle/red_circle_0021.png" and label == 0 and name == "red circle"
+    assert relative == "red_shape_on_white/red_shape_on_white_0021.png" and label == 0 and name == "red shape on white"
     stamp = (folder / "images" / relative).stat().st_mtime_ns
 
     new = build_dataset(pocket_cfg(tmp_path, shots=16, subsample="new"))
