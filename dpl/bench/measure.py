@@ -25,6 +25,8 @@ PROC_STATUS = Path("/proc/self/status")
 PROC_CLEAR_REFS = Path("/proc/self/clear_refs")
 RESET_PEAK_RSS = "5"  # clear_refs command that resets VmHWM to the current RSS (Linux >= 4.0)
 MIB = 2 ** 20
+M_MMAP_THRESHOLD = -3  # glibc mallopt parameter
+MMAP_THRESHOLD_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -64,14 +66,28 @@ def cpu_peak_memory_supported():
     return PROC_STATUS.exists() and PROC_CLEAR_REFS.exists()
 
 
+def _libc():
+    name = ctypes.util.find_library("c")
+    return ctypes.CDLL(name) if name else None
+
+
+def fix_mmap_threshold():
+    """Serve every allocation >= 1 MiB by its own mmap, returned to the OS on free (glibc only).
+
+    glibc otherwise raises its mmap threshold after large frees and keeps later tensors in the heap,
+    whose freed pages stay resident: the peak RSS would then count memory that is no longer live.
+    """
+    libc = _libc()
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+
 def _release_free_memory():
     """Collect garbage and hand freed heap pages back to the OS, so the RSS baseline is the live memory."""
     gc.collect()
-    libc_name = ctypes.util.find_library("c")
-    if libc_name:
-        libc = ctypes.CDLL(libc_name)
-        if hasattr(libc, "malloc_trim"):
-            libc.malloc_trim(0)
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 class PeakMemory:
@@ -230,5 +246,6 @@ def _measure(task):
 
 def measure_isolated(task):
     """``measure(task)`` in a freshly spawned Python process (its own peak RSS and CUDA context)."""
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=fix_mmap_threshold) as pool:
         return pool.submit(measure, task).result()
