@@ -296,6 +296,9 @@ def finish_upstream(summaries, problems, args):
 # ----------------------------------------------------------------------------------------------
 
 
+TRAINING_FREE_TRAINERS = ("ZeroshotCLIP", "ZeroshotCLIP2")
+
+
 @dataclass(frozen=True)
 class Method:
     """One column group of a table: a trainer with its config (and variant folder, e.g. shots_16_8.0)."""
@@ -469,7 +472,10 @@ class Aggregator:
         self.missing = []
 
     def expected_seeds(self, method):
-        return list(self.forced_seeds) if self.forced_seeds else self.runs.seeds(method)
+        # Zero-shot CLIP does not train: its one run (the runner makes the first seed's) stands for every seed.
+        if self.forced_seeds and method.trainer not in TRAINING_FREE_TRAINERS:
+            return list(self.forced_seeds)
+        return self.runs.seeds(method)
 
     def seed_stat(self, parts, dataset, method, label):
         """Value over seeds of the first part in ``parts`` that has a run for each seed."""

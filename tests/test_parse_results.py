@@ -244,6 +244,17 @@ def test_base2new_demanded_seeds_reported(base2new_tree):
     assert f"DropoutPrompt dtd base seed4: run missing ({expected})" in out
 
 
+def test_zero_shot_single_run_is_complete_under_demanded_seeds(base2new_tree):
+    """Zero-shot CLIP runs once (scripts/run_protocol.py runs its first seed only): not reported missing."""
+    for part, acc in (("train_base", 70.0), ("test_new", 75.0)):
+        run = base2new_tree / part / "dtd/shots_16/ZeroshotCLIP/vit_b16/seed1"
+        write_results_json(run, acc)
+    code, out, _ = run_cli("--protocol", "base2new", "--root", base2new_tree, "--seeds", "1", "2", "3")
+    assert code == 0
+    assert "ZeroshotCLIP dtd" not in out  # no "missing" line for its seeds 2 and 3
+    assert "70.00 ± 0.00 " in out and "70.00 ± 0.00 (1/3)" not in out
+
+
 def test_base2new_markdown_csv_json_parse(base2new_tree):
     code, md, _ = run_cli("--protocol", "base2new", base2new_tree, "--format", "markdown")
     assert code == 0
