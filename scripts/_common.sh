@@ -299,35 +299,36 @@ zeroshot() {
     eval_run "$OUTPUT/$TRAINER/$cfg/$dataset" "" "$dataset" 1 "$cfg" "$@"
 }
 
+# zeroshot_args "$@": DATASET [SEED] [KEY VALUE ...] into the caller's locals dataset, seed (default 1)
+# and opts (bash functions see their caller's locals)
+zeroshot_args() {
+    need_args 1 "DATASET [SEED]" "$@"
+    dataset=$1
+    shift
+    if [[ ${1:-} =~ ^[0-9]+$ ]]; then  # the optional SEED
+        seed=$1
+        shift
+    fi
+    require_int SEED "$seed"
+    check_opts "$@"
+    opts=("$@")
+}
+
 zeroshot_base2new() {
     # the seed only names the folder (zero-shot CLIP is deterministic); the base/new results land
     # where base2new tables look for them
-    local dataset=${1:-} seed=1 cfg root="$OUTPUT/base2new"
-    need_args 1 "DATASET [SEED]" "$@"
-    shift
-    if [[ ${1:-} =~ ^[0-9]+$ ]]; then  # the optional SEED
-        seed=$1
-        shift
-    fi
-    require_int SEED "$seed"
-    check_opts "$@"
+    local dataset seed=1 cfg opts=() root="$OUTPUT/base2new"
+    zeroshot_args "$@"
     cfg=$(cfg_for ZEROSHOT "$dataset")
     eval_run "$(base2new_dir "$root" train_base "$dataset" "$seed" "$cfg" $BASE2NEW_SHOTS)" "" \
-        "$dataset" "$seed" "$cfg" DATASET.SUBSAMPLE_CLASSES base "$@"
+        "$dataset" "$seed" "$cfg" DATASET.SUBSAMPLE_CLASSES base "${opts[@]}"
     eval_run "$(base2new_dir "$root" test_new "$dataset" "$seed" "$cfg" $BASE2NEW_SHOTS)" "" \
-        "$dataset" "$seed" "$cfg" DATASET.SUBSAMPLE_CLASSES new "$@"
+        "$dataset" "$seed" "$cfg" DATASET.SUBSAMPLE_CLASSES new "${opts[@]}"
 }
 
 zeroshot_xd_test() {
-    local dataset=${1:-} seed=1 cfg
-    need_args 1 "DATASET [SEED]" "$@"
-    shift
-    if [[ ${1:-} =~ ^[0-9]+$ ]]; then  # the optional SEED
-        seed=$1
-        shift
-    fi
-    require_int SEED "$seed"
-    check_opts "$@"
+    local dataset seed=1 cfg opts=()
+    zeroshot_args "$@"
     cfg=$(cfg_for ZEROSHOT "$dataset")
-    eval_run "$OUTPUT/evaluation/$TRAINER/$cfg/$dataset/seed$seed" "" "$dataset" "$seed" "$cfg" "$@"
+    eval_run "$OUTPUT/evaluation/$TRAINER/$cfg/$dataset/seed$seed" "" "$dataset" "$seed" "$cfg" "${opts[@]}"
 }
