@@ -31,10 +31,12 @@ PROMPTSRC_DEFAULTS = dict(
     PREC="fp16",
     PROMPT_DEPTH_VISION=9,  # max = the backbone's layers (clamped), min 0
     PROMPT_DEPTH_TEXT=9,  # min 1
-    TEXT_LOSS_WEIGHT=25,  # ints as upstream, so upstream YAML files merge (yacs does not cast int <-> float)
-    IMAGE_LOSS_WEIGHT=10,
-    GPA_MEAN=15,
-    GPA_STD=1,
+    # Floats, though upstream writes 25, 10, 15, 1: dpl's config node merges an int into a float key,
+    # so upstream YAML files still merge and 25.5 is accepted too.
+    TEXT_LOSS_WEIGHT=25.0,
+    IMAGE_LOSS_WEIGHT=10.0,
+    GPA_MEAN=15.0,
+    GPA_STD=1.0,
 )
 GPA_LOG_LINE = "Using GPA model for final inference..."
 

@@ -5,7 +5,8 @@ ensembles CoOp's 7 ``IMAGENET_TEMPLATES_SELECT`` plus the dataset template (exce
 as upstream): normalised per-template features are averaged and re-normalised. The template list
 is built per instance (upstream extended a class-level list in place, so templates piled up
 across instances). Config: ``configs/trainers/ZeroshotCLIP/*.yaml`` (input settings, backbone and
-``TRAINER.ZSCLIP.PREC``); upstream's habit of passing ``CoOp/vit_b16.yaml`` works as well.
+``TRAINER.ZSCLIP.PREC``); upstream's habit of passing ``CoOp/vit_b16.yaml`` works as well (a
+``TRAINER.COOP`` setting such as the ``*_ctxv1`` files' ``CTX_INIT`` is ignored with a note in the log).
 """
 from dpl.clip import IMAGENET_TEMPLATES_SELECT, dataset_template
 from dpl.engine import TRAINER_REGISTRY
@@ -33,6 +34,7 @@ class ZeroshotCLIP(ClipPromptTrainer):
     """CLIP with the dataset's hand-crafted prompt (cfg node ``TRAINER.ZSCLIP``: ``PREC``)."""
 
     CFG_NODE = "ZSCLIP"
+    TRAINING_FREE = True  # CoOp's zeroshot.sh passes CoOp's YAML files: their TRAINER.COOP keys are a note
 
     @classmethod
     def extend_cfg(cls, cfg):

@@ -1,3 +1,4 @@
 from .defaults import get_cfg_default
+from .node import CfgNode
 
-__all__ = ["get_cfg_default"]
+__all__ = ["CfgNode", "get_cfg_default"]

@@ -1,9 +1,10 @@
 """The default config tree: the part of Dassl's defaults that prompt learning uses, plus our keys.
 
 Trainers add their own node (``cfg.TRAINER.<NAME>``) in ``extend_cfg`` next to their class; yacs rejects
-keys that do not exist, so every node must be in place before a YAML file is merged.
+keys that do not exist, so every node must be in place before a YAML file is merged. The tree is built
+from ``dpl.config.node.CfgNode``, so a float key also takes an integer (``OPTIM.LR 1``).
 """
-from yacs.config import CfgNode as CN
+from .node import CfgNode as CN
 
 _C = CN()
 _C.VERSION = 1
@@ -115,7 +116,7 @@ _C.OPTIM.NAME = "adam"
 _C.OPTIM.LR = 0.0003
 _C.OPTIM.WEIGHT_DECAY = 5e-4
 _C.OPTIM.MOMENTUM = 0.9
-_C.OPTIM.SGD_DAMPNING = 0
+_C.OPTIM.SGD_DAMPNING = 0.0  # a float, so that 0.5 merges (an int default rejects floats)
 _C.OPTIM.SGD_NESTEROV = False
 _C.OPTIM.RMSPROP_ALPHA = 0.99
 _C.OPTIM.ADAM_BETA1 = 0.9

@@ -1,8 +1,12 @@
-"""``TRAINER_REGISTRY``, ``build_trainer`` and the per-trainer config nodes (``extend_cfg``)."""
+"""``TRAINER_REGISTRY``, ``build_trainer`` and the per-trainer config nodes (``extend_cfg``, checks)."""
+from dpl.config import get_cfg_default
 from dpl.project import import_project_modules
 from dpl.utils.registry import Registry, check_availability
 
+from .errors import UserError
+
 TRAINER_REGISTRY = Registry("TRAINER")
+_MISSING = object()  # a key a config node does not have
 
 
 def build_trainer(cfg):
@@ -30,3 +34,99 @@ def extend_cfg_for_all_trainers(cfg):
                 called.add(klass)
                 klass.extend_cfg(cfg)
     return cfg
+
+
+def check_trainer_nodes(cfg):
+    """Refuse settings that the selected trainer would ignore; return the notes to log instead.
+
+    The rule: the trainer named by ``cfg.TRAINER.NAME`` reads the ``cfg.TRAINER`` nodes its
+    ``config_nodes()`` lists. Every key of every other trainer node is compared with the defaults tree
+    (``get_cfg_default()`` plus all trainers' ``extend_cfg``); a value that differs would be silently
+    ignored, so all such values are one ``UserError`` (one line, raised before anything is written).
+    Not checked: an unknown trainer name (``build_trainer`` reports it) and a trainer whose
+    ``config_nodes()`` is None (undeclared, e.g. Dassl-style trainers). The one exception is a
+    ``TRAINING_FREE`` trainer (zero-shot CLIP, which upstream runs with CoOp's YAML files): no setting
+    of a learning method can change its run, so the differing values become one note line, returned
+    in a list (empty when there is nothing to note) for the caller to print into the run's log.
+    """
+    import_project_modules()
+    name = cfg.TRAINER.NAME
+    if name not in TRAINER_REGISTRY.registered_names():
+        return []
+    trainer = TRAINER_REGISTRY.get(name)
+    own_nodes = trainer.config_nodes()
+    if own_nodes is None:
+        return []
+    ignored = _foreign_settings(cfg, own_nodes)
+    if not ignored:
+        return []
+    if trainer.TRAINING_FREE:
+        return [_training_free_note(name, ignored)]
+    raise UserError(_foreign_settings_message(cfg, name, own_nodes, ignored))
+
+
+def _leaves(node, prefix=""):
+    """``(dotted key relative to node, value)`` of every leaf under ``node``."""
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _lookup(node, dotted_key):
+    for part in dotted_key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _same_value(value, default):
+    # a YAML list and a tuple default hold the same setting
+    if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
+        return list(value) == list(default)
+    return value == default
+
+
+def _foreign_settings(cfg, own_nodes):
+    """``[(node name, key within the node, value)]`` set on other trainer nodes than ``own_nodes``."""
+    defaults = extend_cfg_for_all_trainers(get_cfg_default()).TRAINER
+    settings = []
+    for node_name, node in cfg.TRAINER.items():
+        if node_name in own_nodes or not isinstance(node, dict):
+            continue
+        default_node = defaults.get(node_name, {})
+        settings += [
+            (node_name, key, value) for key, value in _leaves(node)
+            if not _same_value(value, _lookup(default_node, key))
+        ]
+    return settings
+
+
+def _setting(node_name, key, value):
+    return f"TRAINER.{node_name}.{key} = {value!r}"
+
+
+def _foreign_settings_message(cfg, trainer_name, own_nodes, ignored):
+    """One line: which nodes the trainer reads, and per ignored value where it belongs instead."""
+    own = " and ".join(f"TRAINER.{node}" for node in own_nodes) or "no TRAINER node"
+    foreign = " or ".join(dict.fromkeys(f"TRAINER.{node_name}" for node_name, _, _ in ignored))
+    items = [
+        f"{_setting(node_name, key, value)} would be ignored; {_where_instead(cfg, trainer_name, own_nodes, key)}"
+        for node_name, key, value in ignored
+    ]
+    return f"{trainer_name} reads {own}, not {foreign}: " + "; ".join(items)
+
+
+def _where_instead(cfg, trainer_name, own_nodes, key):
+    for node in own_nodes:
+        if _lookup(cfg.TRAINER.get(node, {}), key) is not _MISSING:
+            return f"set TRAINER.{node}.{key} instead"
+    return f"{trainer_name} has no such setting"
+
+
+def _training_free_note(trainer_name, ignored):
+    settings = ", ".join(_setting(node_name, key, value) for node_name, key, value in ignored)
+    verb = "is" if len(ignored) == 1 else "are"
+    return f"Note: {trainer_name} learns no prompts: {settings} from the config {verb} ignored"
