@@ -1,4 +1,4 @@
-from .errors import InvalidInputError, UnreadableFileError, UserError
+from .errors import InvalidInputError, UnreadableFileError, UnwritableFileError, UserError
 from .logger import close_logger, setup_logger
 from .meters import AverageMeter, MetricMeter
 from .registry import Registry, UnknownNameError, check_availability
@@ -7,6 +7,7 @@ from .tools import (
     check_isfile,
     collect_env_info,
     count_num_param,
+    create_temp_file,
     listdir_nohidden,
     mkdir_if_missing,
     read_json,

@@ -1,14 +1,19 @@
 """Small file-system, I/O and environment helpers (Dassl's ``dassl.utils.tools`` surface)."""
 import contextlib
+import errno
 import json
 import os
 import random
+import secrets
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .errors import UnwritableFileError, UserError
+
+_TEMP_NAME_TRIES = 100
 
 
 def mkdir_if_missing(dirname):
@@ -25,24 +30,63 @@ def listdir_nohidden(path, sort=False):
     return sorted(items) if sort else items
 
 
+def create_temp_file(folder, name, suffix=".tmp"):
+    """Create a new, empty, hidden ``folder/.<name>.<pid>.<random hex><suffix>`` open for writing.
+
+    Returns ``(fd, path)``. Unlike ``tempfile.mkstemp`` (always 0600) the file gets mode 0666 less the
+    process umask, so once renamed over its target it is as readable as any file the user writes.
+    """
+    for _ in range(_TEMP_NAME_TRIES):
+        path = os.path.join(folder, f".{name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}")
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
+        except FileExistsError:
+            continue  # another writer drew the same random name: draw again
+    raise FileExistsError(errno.EEXIST, "no unused temporary file name", os.fspath(folder))
+
+
+def _remove_quietly(path):
+    # Cleanup after a failure: an error here (the file system went read-only) must not hide the first one.
+    with contextlib.suppress(OSError):
+        os.remove(path)
+
+
+def _is_failure_of(exc, paths):
+    """True for an ``OSError`` about writing one of ``paths`` (or about no file in particular).
+
+    An ``OSError`` naming another file (e.g. the source of a copy) and a ``UserError`` keep their own message.
+    """
+    if not isinstance(exc, OSError) or isinstance(exc, UserError):
+        return False
+    return exc.filename is None or str(exc.filename) in paths
+
+
 @contextlib.contextmanager
 def atomic_open(fpath, mode="w", **kwargs):
     """Write to a temporary file next to ``fpath`` and rename it over ``fpath`` on success.
 
-    A crash mid-write leaves the previous ``fpath`` untouched (and at worst a stray ``.tmp`` file).
+    A failure or crash mid-write leaves the previous ``fpath`` untouched. The file gets the mode the
+    umask gives (0644 under umask 022). Failing to write (no space, no permission, read-only file
+    system) raises ``UnwritableFileError`` with one line naming ``fpath``; the temporary file is removed
+    whatever goes wrong, and other exceptions propagate unchanged.
     """
     fpath = Path(fpath)
-    fpath.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{fpath.name}.", suffix=".tmp", dir=fpath.parent)
+    existed = os.path.exists(fpath)
+    try:
+        fpath.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = create_temp_file(fpath.parent, fpath.name)
+    except OSError as exc:
+        raise UnwritableFileError.from_os_error(exc, fpath, existed=existed) from exc
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, fpath)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
+    except BaseException as exc:
+        _remove_quietly(tmp)
+        if _is_failure_of(exc, (tmp, str(fpath))):
+            raise UnwritableFileError.from_os_error(exc, fpath, existed=existed) from exc
         raise
 
 

@@ -170,8 +170,9 @@ def write_portable_cache(path, dataset_dir, num_shots, seed, key, train, val):
     try:
         with atomic_open(path, "w") as f:
             json.dump(payload, f)
-    except OSError as err:
-        print(f"Could not save the few-shot sample to {path} ({err}); it will be drawn again next time")
+    except OSError as err:  # a read-only or full data folder: the run goes on without the cache
+        reason = err.strerror or err
+        print(f"Could not save the few-shot sample to {path} ({reason}); it will be drawn again next time")
         return
     print(f"Saving preprocessed few-shot data to {path}")
 
