@@ -1,4 +1,4 @@
-"""Check a CoOp-style ``DATA`` folder: ``python -m dpl.tools.check_data --root DATA [dataset ...]``.
+"""Check a CoOp-style ``DATA`` folder: ``python -m dpl.tools.check_data --root DATA [dataset ...] [--verify-images]``.
 
 For each dataset (config stems such as ``dtd`` or class names such as ``DescribableTextures``; all 15
 CoOp benchmark datasets when none is named) it reports the dataset folder, the image folder, the split
@@ -6,6 +6,11 @@ file, the other files the loader reads, the image counts per split against the p
 listed images that are missing, and what to do next. Exit status: 0 when everything needed is
 there, 1 when something is missing (with ``--strict``, also when a count differs from the published
 one), 2 on bad arguments.
+
+``--verify-images`` also decodes every image of each dataset whose split could be read (each path once
+over train/val/test, in ``--workers`` threads, with a progress bar on a terminal), as training would, and
+lists the ones that cannot be read (a truncated or damaged file, or not an image) under the dataset:
+those count as a problem (exit status 1). It reads the whole dataset, so it takes a while on large ones.
 """
 import argparse
 import io
@@ -16,6 +21,7 @@ from dataclasses import dataclass, field
 
 from dpl.config import get_cfg_default
 from dpl.data.datasets import COOP_DATASETS_DOC, DATASET_REGISTRY, BenchmarkDataset, find_missing_files
+from dpl.data.image_check import find_unreadable_images
 from dpl.project import import_project_modules
 
 # Checked when no dataset is named: the 15 CoOp benchmark datasets (other registered loaders by name).
@@ -31,6 +37,9 @@ EXTRA_ADVICE = {
     "FGVCAircraft": "fgvc_aircraft/ is the data/ folder of fgvc-aircraft-2013b, renamed.",
 }
 
+# --verify-images lists this many unreadable images per dataset, then a count of the rest.
+MAX_UNREADABLE_LISTED = 50
+
 
 @dataclass
 class Report:
@@ -38,6 +47,8 @@ class Report:
     lines: list = field(default_factory=list)
     problems: list = field(default_factory=list)  # something needed is missing
     warnings: list = field(default_factory=list)  # e.g. counts that differ from the published ones
+    image_paths: list = field(default_factory=list)  # each listed image once, when the split could be read
+    unreadable: list = field(default_factory=list)  # (path, reason) found by --verify-images
 
     def item(self, label, path, ok, note=""):
         self.lines.append(f"  {label:<12} {'found  ' if ok else 'MISSING'}  {path}{'  ' + note if note else ''}")
@@ -108,6 +119,7 @@ def _check_counts(loader, report):
     splits = {"train": train, "val": val or [], "test": test}
     if type(loader).test_only:
         splits = {"test": test}
+    report.image_paths = list(dict.fromkeys(item.impath for items in splits.values() for item in items))
     expected = type(loader).expected_counts
     for split_name, items in splits.items():
         missing = find_missing_files([item.impath for item in items])
@@ -126,6 +138,32 @@ def _check_counts(loader, report):
         report.warnings.append(f"{len(labels)} classes, the published dataset has {want_classes}")
 
 
+def verify_images(report, cls, num_workers=None):
+    """Decode the dataset's present images; list the unreadable ones in ``report`` (missing ones are listed already)."""
+    if not report.image_paths:
+        return
+    missing = set(find_missing_files(report.image_paths))
+    present = [path for path in report.image_paths if path not in missing]
+    report.unreadable = find_unreadable_images(present, num_workers=num_workers, progress=True,
+                                               desc=f"Reading {cls.__name__} images")
+    verified = f"  {'verified':<12} {len(present):>8} images" + (f" ({len(missing)} missing skipped)" if missing else "")
+    if not report.unreadable:
+        report.lines.append(f"{verified}, all readable")
+        return
+    report.lines.append(f"{verified}, {len(report.unreadable)} UNREADABLE:")
+    report.lines.extend(f"    {path} ({reason})" for path, reason in report.unreadable[:MAX_UNREADABLE_LISTED])
+    if len(report.unreadable) > MAX_UNREADABLE_LISTED:
+        report.lines.append(f"    ... and {len(report.unreadable) - MAX_UNREADABLE_LISTED} more")
+
+
+def status_word(report):
+    if report.problems:
+        return "MISSING PARTS"
+    if report.unreadable:
+        return "UNREADABLE IMAGES"
+    return "WARNING" if report.warnings else "OK"
+
+
 def next_steps(report, cls):
     steps = []
     if report.problems:
@@ -138,6 +176,8 @@ def next_steps(report, cls):
     elif report.warnings:
         steps.append("counts differ from the published ones: check that the folder holds the complete dataset "
                      "and the split file from CoOp's DATASETS.md")
+    if report.unreadable:
+        steps.append(f"replace the unreadable images from the original dataset archive ({COOP_DATASETS_DOC})")
     return steps
 
 
@@ -146,6 +186,10 @@ def main(argv=None):
     parser.add_argument("--root", required=True, help="the DATA folder (DATASET.ROOT)")
     parser.add_argument("datasets", nargs="*", help="config stems (dtd, oxford_pets, ...) or class names; default: the 15 CoOp datasets")
     parser.add_argument("--strict", action="store_true", help="also fail when counts differ from the published ones")
+    parser.add_argument("--verify-images", action="store_true",
+                        help="also decode every image and list those that cannot be read (slow on large datasets)")
+    parser.add_argument("--workers", type=positive_int, default=None, metavar="N",
+                        help="threads for --verify-images (default: the CPU count, at most 16)")
     args = parser.parse_args(argv)
     root = os.path.abspath(os.path.expanduser(args.root))
     if not os.path.isdir(root):
@@ -159,17 +203,29 @@ def main(argv=None):
         parser.error(str(err))
     for name in names:
         report = check_dataset(classes[name], root)
-        status = "MISSING PARTS" if report.problems else ("WARNING" if report.warnings else "OK")
-        print(f"== {report.name}: {status}")
+        if args.verify_images:
+            verify_images(report, classes[name], args.workers)
+        print(f"== {report.name}: {status_word(report)}")
         print("\n".join(report.lines))
         for warning in report.warnings:
             print(f"  warning: {warning}")
         for step in next_steps(report, classes[name]):
             print(f"  next: {step}")
-        if report.problems or (args.strict and report.warnings):
+        if report.problems or report.unreadable or (args.strict and report.warnings):
             failed.append(name)
-    print(f"\n{len(failed)} dataset(s) need attention: {', '.join(failed)}" if failed else "\nAll checked datasets are complete.")
+    complete = "complete, all images readable" if args.verify_images else "complete"
+    print(f"\n{len(failed)} dataset(s) need attention: {', '.join(failed)}" if failed else f"\nAll checked datasets are {complete}.")
     return 1 if failed else 0
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 if __name__ == "__main__":
