@@ -20,11 +20,14 @@ from dpl.clip.templates import (
 from dpl.clip.text import ClassPrompts, bpe_ids, build_class_prompts, class_text, tokenize
 from dpl.clip.weights import (
     CACHE_ENV,
+    WeightsInfo,
     available_backbones,
     clip_cache_dir,
     load_clip,
+    load_clip_with_info,
     read_clip_state_dict,
     resolve_clip_weights,
+    weights_sha256,
 )
 
 __all__ = [
@@ -32,5 +35,6 @@ __all__ = [
     "IMAGENET_TEMPLATES_SELECT", "LayerHook", "PROMPTSRC_TEMPLATES", "PromptedTextEncoder",
     "PromptedVisionEncoder", "TokenLayout", "attention_probs", "available_backbones", "bpe_ids", "build_class_prompts",
     "class_text", "clip_architecture", "clip_cache_dir", "dataset_template", "fill_template", "is_vit",
-    "load_clip", "read_clip_state_dict", "resolve_clip_weights", "tokenize",
+    "load_clip", "load_clip_with_info", "read_clip_state_dict", "resolve_clip_weights", "tokenize", "WeightsInfo",
+    "weights_sha256",
 ]

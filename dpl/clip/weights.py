@@ -1,13 +1,19 @@
-"""CLIP weight resolution (explicit path -> cache -> checksummed download) and loading.
+"""CLIP weight resolution (explicit path -> cache -> checksummed download), loading, and what was loaded.
+
+``weights_sha256(name, path)`` is the fingerprint a run's identity records (official names and the
+pocket model have their checksum on record, an explicit file is hashed); ``load_clip_with_info``
+also returns ``WeightsInfo``: the file actually loaded, its SHA-256, the architecture read from it
+and the OpenAI model it matches, for the log and ``results.json``.
 
 ``clip.load`` is not used: on current torch it fails on local state-dict files (it reuses a file
 handle after ``torch.jit.load`` gives up). We read the file ourselves and build the model with
 ``clip.model.build_model``.
 """
+import dataclasses
 import difflib
+import functools
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -19,11 +25,13 @@ import torch
 from dpl.clip.package import MODEL_URLS, clip
 from dpl.utils.errors import InvalidInputError, UserError
 from dpl.utils.registry import UnknownNameError
+from dpl.utils.tools import create_temp_file
 
 CACHE_ENV = "DPL_CLIP_CACHE"
 PATH_KEY = "MODEL.BACKBONE.PATH"
 POCKET_NAME = "pocket"
 POCKET_PATH = Path(__file__).resolve().parent / "assets" / "pocket_clip.pt"
+POCKET_SHA256_FILE = POCKET_PATH.with_suffix(".sha256")
 DOWNLOAD_TIMEOUT_S = 60
 _CHUNK_BYTES = 1 << 20
 _METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")  # non-weight entries of OpenAI archives
@@ -63,7 +71,7 @@ def resolve_clip_weights(name, path=""):
         return _pocket_path()
     url = _model_url(name)
     filename = os.path.basename(url)
-    expected_sha256 = url.split("/")[-2]
+    expected_sha256 = url_sha256(url)
     cache_dir = clip_cache_dir()
     target = cache_dir / filename
     if target.is_file():
@@ -109,11 +117,59 @@ def _model_url(name):
 
 
 def sha256_of(path):
+    """The SHA-256 of a file, computed once per process for each version of it (path, size, mtime)."""
+    stat = os.stat(path)
+    return _sha256_of_version(os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256_of_version(path, size, mtime_ns):
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(_CHUNK_BYTES), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def url_sha256(url):
+    """The SHA-256 an OpenAI download URL names (``https://.../<sha256>/<file name>``)."""
+    return url.split("/")[-2]
+
+
+def weights_sha256(name, path=""):
+    """The SHA-256 of the weights ``MODEL.BACKBONE.NAME`` / ``PATH`` stand for.
+
+    An explicit file is hashed; an official name has its published checksum (the cached file is
+    checked against it when loaded) and the pocket model its committed one, so no file is read.
+    """
+    if path:
+        return sha256_of(_explicit_path(path))
+    if name == POCKET_NAME:
+        return POCKET_SHA256_FILE.read_text().split()[0]
+    return url_sha256(_model_url(name))
+
+
+def official_name(sha256):
+    """The OpenAI model whose published checksum is ``sha256`` (None for other weights)."""
+    return next((name for name, url in MODEL_URLS.items() if url_sha256(url) == sha256), None)
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsInfo:
+    """What a run loaded: the weights file, its SHA-256, the architecture read from it, its official name."""
+
+    path: str
+    sha256: str
+    architecture: dict
+    official_name: str = None
+
+    def describe(self):
+        arch = self.architecture
+        vision = (f"ViT {arch['vision_layers']} layers x {arch['vision_width']}, patch {arch['patch_size']}"
+                  if arch.get("is_vit") else f"ResNet {arch.get('vision_layers')}")
+        model = f"OpenAI {self.official_name}" if self.official_name else "not an OpenAI release"
+        return (f"{self.path} (sha256 {self.sha256}; {model}; {vision}, {arch['image_resolution']} px; "
+                f"text {arch['text_layers']} layers x {arch['text_width']}; embedding {arch['embed_dim']})")
 
 
 def _check_cached_file(target, expected_sha256):
@@ -127,13 +183,16 @@ def _check_cached_file(target, expected_sha256):
 
 
 def download_verified(url, target, expected_sha256):
-    """Download ``url`` to ``target`` through a temp file in the same directory, verify, then rename atomically."""
+    """Download ``url`` to ``target`` through a temp file in the same directory, verify, then rename atomically.
+
+    The file gets the mode the umask gives (a shared cache directory stays readable to the group).
+    """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=target.parent, prefix=f".{target.name}.", suffix=".part", delete=False)
+    fd, partial = create_temp_file(target.parent, target.name, suffix=".part")
     digest = hashlib.sha256()
     try:
-        with handle, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as source:
+        with os.fdopen(fd, "wb") as handle, urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S) as source:
             for block in iter(lambda: source.read(_CHUNK_BYTES), b""):
                 handle.write(block)
                 digest.update(block)
@@ -142,10 +201,10 @@ def download_verified(url, target, expected_sha256):
                 f"the file downloaded from {url} does not match its SHA256 checksum "
                 f"(expected {expected_sha256}, got {digest.hexdigest()}); try again later"
             )
-        os.replace(handle.name, target)
+        os.replace(partial, target)
     finally:
-        if os.path.exists(handle.name):
-            os.unlink(handle.name)
+        if os.path.exists(partial):
+            os.unlink(partial)
     return target
 
 
@@ -180,7 +239,21 @@ def read_clip_state_dict(path):
 
 def load_clip(name, path="", device="cpu"):
     """Load CLIP ``name`` (or the file ``path``) as a float32, eval-mode, frozen ``clip.model.CLIP`` on ``device``."""
+    return load_clip_with_info(name, path, device)[0]
+
+
+def load_clip_with_info(name, path="", device="cpu"):
+    """``(model, WeightsInfo)``: ``load_clip`` and what exactly it loaded."""
+    from dpl.clip.prompted import clip_architecture
+
     weights = resolve_clip_weights(name, path)
+    model = _load_clip_file(weights, device)
+    sha256 = sha256_of(weights)
+    architecture = dataclasses.asdict(clip_architecture(model))
+    return model, WeightsInfo(str(weights), sha256, architecture, official_name(sha256))
+
+
+def _load_clip_file(weights, device):
     state_dict = read_clip_state_dict(weights)
     try:
         model = clip.model.build_model(dict(state_dict))  # build_model deletes metadata keys of its argument
