@@ -46,24 +46,14 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-TRAIN_END_SIGNALS = ("Finish training", "Finished training")  # Dassl 0.6.x / the older fork
-TEST_END_SIGNAL = "=> result"
-EVAL_ONLY_LINE = "eval_only: True"  # printed by print_args() for --eval-only runs
-RESULTS_JSON = "results.json"
-LOG_FILE = "log.txt"
-TIMESTAMPED_LOG = re.compile(r"log\.txt-\d{4}-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}")
-SEED_DIR = re.compile(r"seed(\d+)")
-JSON_KEY_ALIASES = {"error": "error_rate"}  # log keyword -> results.json key
-LONG_TAIL_GROUPS = ("many", "medium", "few")
+from dpl.results.layout import (BASE2NEW_DATASETS, DG_TARGETS, EVALUATION_DIR, XD_TARGETS,  # noqa: E402,F401
+                                split_config_folder, split_shots_tag)
+from dpl.results.logs import TEST_END_SIGNAL, TRAIN_END_SIGNALS  # noqa: E402
+from dpl.results.runs import RunResult, group_accuracies, parse_run, read_results_json  # noqa: E402,F401
+from dpl.results.schema import LONG_TAIL_GROUPS  # noqa: E402
 
-# Canonical column orders (CoOp's dataset config stems); unknown datasets follow, sorted.
-BASE2NEW_DATASETS = (
-    "imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
-    "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101",
-)
-XD_TARGETS = BASE2NEW_DATASETS[1:]
-DG_TARGETS = ("imagenetv2", "imagenet_sketch", "imagenet_a", "imagenet_r")
-EVALUATION_DIR = "evaluation"
+SEED_DIR = re.compile(r"seed(\d+)")
+
 
 
 class ParseError(Exception):
@@ -75,132 +65,8 @@ class ParseError(Exception):
 # ----------------------------------------------------------------------------------------------
 
 
-@dataclass
-class RunResult:
-    """What one run folder yields: metric values (percent) and the file they came from."""
-
-    run_dir: str
-    source: Optional[str] = None
-    metrics: Dict[str, float] = field(default_factory=dict)
-    groups: Dict[str, float] = field(default_factory=dict)
-    problem: Optional[str] = None
-
-    @property
-    def ok(self):
-        return self.source is not None
-
-
 def listdir_nohidden(path):
     return sorted(name for name in os.listdir(path) if not name.startswith("."))
-
-
-def log_candidates(run_dir):
-    """``log.txt`` first, then ``log.txt-<timestamp>`` files, newest first."""
-    names = [LOG_FILE] if os.path.isfile(os.path.join(run_dir, LOG_FILE)) else []
-    stamped = [n for n in os.listdir(run_dir) if TIMESTAMPED_LOG.fullmatch(n)]
-    return names + sorted(stamped, reverse=True)
-
-
-def metric_regex(keyword):
-    return re.compile(rf"\* {re.escape(keyword)}: ([\.\deE+-]+)%")
-
-
-def parse_log(path, keyword="accuracy", end_signals=None):
-    """The last ``* <keyword>: X%`` value after an end-signal line, or None.
-
-    ``end_signals=None`` chooses per log: ``=> result`` for eval-only runs, else the training signals.
-    """
-    with open(path, "r", errors="replace") as f:
-        lines = [line.strip() for line in f]
-    if end_signals is None:
-        end_signals = (TEST_END_SIGNAL,) if EVAL_ONLY_LINE in lines else TRAIN_END_SIGNALS
-    regex = metric_regex(keyword)
-    value, armed = None, False
-    for line in lines:
-        if line in end_signals:
-            armed = True
-        match = regex.search(line)
-        if armed and match:
-            value = float(match.group(1))
-    return value
-
-
-def read_results_json(path, keyword):
-    """(value, groups) from a results.json whose final test-split result is recorded, else (None, {}).
-
-    Our schema (dpl.engine.results) keeps every split tested by the run under ``tests``; the top level
-    is the latest test. ``finished`` is False for tests run mid-training; files without it are accepted.
-    """
-    try:
-        with open(path, "r") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return None, {}
-    if not isinstance(data, dict):
-        return None, {}
-    record = (data.get("tests") or {}).get("test") or data
-    if record.get("split", "test") != "test" or record.get("finished") is False:
-        return None, {}
-    value = record.get(JSON_KEY_ALIASES.get(keyword, keyword))
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return None, {}
-    return float(value), group_accuracies(record) or group_accuracies(data)
-
-
-def group_accuracies(record):
-    """Long-tail many/medium/few accuracies (percent) of a results.json record ({} when absent).
-
-    Read from ``group_accuracy`` ({group: percent}) or, failing that, from ``per_class`` rows tagged
-    with their ``group`` (accuracy over the test images of the group's classes).
-    """
-    groups = record.get("group_accuracy")
-    if isinstance(groups, dict):
-        return {g: float(groups[g]) for g in LONG_TAIL_GROUPS if isinstance(groups.get(g), (int, float))}
-    counts = {}  # group -> [correct, total]
-    for row in record.get("per_class") or []:
-        if isinstance(row, dict) and row.get("group") in LONG_TAIL_GROUPS and row.get("total"):
-            c = counts.setdefault(row["group"], [0, 0])
-            c[0] += row.get("correct", 0)
-            c[1] += row["total"]
-    return {g: 100.0 * counts[g][0] / counts[g][1] for g in LONG_TAIL_GROUPS if g in counts}
-
-
-def parse_run(run_dir, keyword="accuracy", end_signals=None, use_json=True):
-    """The result of one run folder, preferring results.json, then log.txt, then timestamped logs."""
-    result = RunResult(run_dir)
-    if not os.path.isdir(run_dir):
-        result.problem = "run folder missing"
-        return result
-    json_path = os.path.join(run_dir, RESULTS_JSON)
-    if use_json and os.path.isfile(json_path):
-        value, groups = read_results_json(json_path, keyword)
-        if value is not None:
-            result.source, result.metrics[keyword], result.groups = json_path, value, groups
-            return result
-    logs = log_candidates(run_dir)
-    for name in logs:
-        value = parse_log(os.path.join(run_dir, name), keyword, end_signals)
-        if value is not None:
-            result.source, result.metrics[keyword] = os.path.join(run_dir, name), value
-            return result
-    result.problem = describe_missing(logs, keyword, end_signals, unusable_json=use_json and os.path.isfile(json_path))
-    return result
-
-
-def describe_missing(logs, keyword, end_signals, unusable_json=False):
-    """Why a run folder has no result; ``unusable_json``: a results.json exists but holds no final result."""
-    if unusable_json:  # e.g. truncated by a full disk, or written by a test mid-training
-        prefix = f"{RESULTS_JSON} is unreadable or holds no final {keyword} (rerun the run's script to finish it)"
-        if not logs:
-            return f"{prefix}; no log.txt"
-        prefix += "; "
-    elif not logs:
-        return "no results.json and no log.txt (not run yet?)"
-    else:
-        prefix = ""
-    signals = " / ".join(f"'{s}'" for s in (end_signals or TRAIN_END_SIGNALS))
-    hint = "" if end_signals == (TEST_END_SIGNAL,) else "; eval-only logs need --test-log"
-    return f"{prefix}no '* {keyword}: X%' line after {signals} in {', '.join(logs)} (unfinished?{hint})"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -301,23 +167,38 @@ TRAINING_FREE_TRAINERS = ("ZeroshotCLIP", "ZeroshotCLIP2")
 
 @dataclass(frozen=True)
 class Method:
-    """One column group of a table: a trainer with its config (and variant folder, e.g. shots_16_8.0)."""
+    """One column group of a table: a trainer with its config, the variant of its config folder
+    (``<cfg>@<variant>``: an ablation or a tagged run) and, for base-to-novel, a shot count other
+    than the protocol's 16 (``shots_4``)."""
 
     trainer: str
     config: str
     variant: str = ""
+    shots: str = ""
+
+    @property
+    def folder(self):
+        """The config folder name (``<cfg>`` or ``<cfg>@<variant>``)."""
+        return f"{self.config}@{self.variant}" if self.variant else self.config
 
 
 def method_labels(methods):
-    """Trainer name when unique in the table, else trainer (config[, variant])."""
+    """``Trainer [variant, shots_K]`` (what differs from the protocol is always shown), with
+    ``(config)`` added where two methods would share a label."""
+    base = {}
+    for m in methods:
+        bits = ", ".join(x for x in (m.variant, m.shots) if x)
+        base[m] = f"{m.trainer} [{bits}]" if bits else m.trainer
     counts = {}
-    for m in methods:
-        counts[m.trainer] = counts.get(m.trainer, 0) + 1
-    labels = {}
-    for m in methods:
-        detail = ", ".join(x for x in (m.config, m.variant) if x)
-        labels[m] = m.trainer if counts[m.trainer] == 1 else f"{m.trainer} ({detail})"
-    return labels
+    for label in base.values():
+        counts[label] = counts.get(label, 0) + 1
+    return {m: base[m] if counts[base[m]] == 1 else f"{base[m]} ({m.config})" for m in methods}
+
+
+def method_of(trainer, folder, shots=""):
+    """The ``Method`` of a ``<Trainer>/<config folder>`` pair."""
+    config, variant = split_config_folder(folder)
+    return Method(trainer, config, variant, shots)
 
 
 def walk(root, patterns, strays):
@@ -365,7 +246,7 @@ class Runs:
         return self.table.get((part, dataset, method, seed))
 
     def methods(self):
-        return sorted({k[2] for k in self.table}, key=lambda m: (m.trainer, m.config, m.variant))
+        return sorted({k[2] for k in self.table}, key=lambda m: (m.trainer, m.config, m.variant, m.shots))
 
     def datasets(self, part=None):
         return {k[1] for k in self.table if part is None or k[0] == part}
@@ -379,13 +260,13 @@ def discover_base2new(root, keyword):
     parts = {"train_base": "base", "test_base": "base_eval", "test_new": "new"}
     folders = {part: folder for folder, part in parts.items()}
     runs = Runs(expected_path=lambda part, dataset, m, seed: os.path.join(
-        root, folders[part], dataset, m.variant or "shots_16", m.trainer, m.config, f"seed{seed}"))
+        root, folders[part], dataset, m.shots or "shots_16", m.trainer, m.folder, f"seed{seed}"))
     if not any(os.path.isdir(os.path.join(root, d)) for d in parts):
         raise ParseError(f"no train_base/ or test_new/ folder under {root} (give e.g. output/base2new)")
     for folder, part in parts.items():
         pattern = [r"[^.].*", r"shots_\d+.*", r".+", r".+", SEED_DIR.pattern]
         for path, (dataset, shots, trainer, cfg, seed) in walk(os.path.join(root, folder), pattern, runs.strays):
-            method = Method(trainer, cfg, "" if shots == "shots_16" else shots)
+            method = method_of(trainer, cfg, "" if shots == "shots_16" else shots)
             runs.add((part, dataset, method, seed_of(seed)), parse_run(path, keyword))
     return runs
 
@@ -394,36 +275,37 @@ def discover_crossdomain(root, keyword, source):
     """Source runs ROOT/<source>/<T>/<tag>/seed<S> and targets ROOT/evaluation/<T>/<tag>/<ds>/seed<S>."""
     def expected_path(part, dataset, m, seed):
         if part == "source":
-            return os.path.join(root, source, m.trainer, m.config, f"seed{seed}")
-        return os.path.join(root, EVALUATION_DIR, m.trainer, m.config, dataset, f"seed{seed}")
+            return os.path.join(root, source, m.trainer, m.folder, f"seed{seed}")
+        return os.path.join(root, EVALUATION_DIR, m.trainer, m.folder, dataset, f"seed{seed}")
 
     runs = Runs(expected_path=expected_path)
     if not os.path.isdir(os.path.join(root, EVALUATION_DIR)):
         raise ParseError(f"no {EVALUATION_DIR}/ folder under {root} (give the output root, e.g. output)")
     source_dir = os.path.join(root, source)
     for path, (trainer, tag, seed) in walk(source_dir, [r".+", r".+", SEED_DIR.pattern], runs.strays):
-        runs.add(("source", source, Method(trainer, tag), seed_of(seed)), parse_run(path, keyword))
+        runs.add(("source", source, method_of(trainer, tag), seed_of(seed)), parse_run(path, keyword))
     pattern = [r".+", r".+", r".+", SEED_DIR.pattern]
     for path, (trainer, tag, dataset, seed) in walk(os.path.join(root, EVALUATION_DIR), pattern, runs.strays):
         # a zero-shot model has no training run: its source accuracy is an evaluation on the source dataset
         part = "source_eval" if dataset == source else "target"
-        runs.add((part, dataset, Method(trainer, tag), seed_of(seed)), parse_run(path, keyword))
+        runs.add((part, dataset, method_of(trainer, tag), seed_of(seed)), parse_run(path, keyword))
     return runs
 
 
-FEWSHOT_TAG = re.compile(r"(.+)_(\d+)shots")
-
-
 def discover_fewshot(root, keyword):
-    """Runs of ROOT/<ds>/<T>/<cfg>_<K>shots/seed<S>; the part is the shot count."""
-    runs = Runs(expected_path=lambda shots, dataset, m, seed: os.path.join(
-        root, dataset, m.trainer, f"{m.config}_{shots}shots", f"seed{seed}"))
+    """Runs of ROOT/<ds>/<T>/<cfg>_<K>shots[@<variant>]/seed<S>; the part is the shot count."""
+    def expected_path(shots, dataset, m, seed):
+        folder = f"{m.config}_{shots}shots" + (f"@{m.variant}" if m.variant else "")
+        return os.path.join(root, dataset, m.trainer, folder, f"seed{seed}")
+
+    runs = Runs(expected_path=expected_path)
     if not os.path.isdir(root):
         raise ParseError(f"few-shot root not found: {root} (give e.g. output/few_shot)")
-    pattern = [r"[^.].*", r".+", FEWSHOT_TAG.pattern, SEED_DIR.pattern]
-    for path, (dataset, trainer, tag, seed) in walk(root, pattern, runs.strays):
-        cfg, shots = FEWSHOT_TAG.fullmatch(tag).groups()
-        runs.add((int(shots), dataset, Method(trainer, cfg), seed_of(seed)), parse_run(path, keyword))
+    pattern = [r"[^.].*", r".+", r".+_\d+shots(@.*)?", SEED_DIR.pattern]
+    for path, (dataset, trainer, folder, seed) in walk(root, pattern, runs.strays):
+        tag, variant = split_config_folder(folder)
+        cfg, shots = split_shots_tag(tag)
+        runs.add((shots, dataset, Method(trainer, cfg, variant), seed_of(seed)), parse_run(path, keyword))
     return runs
 
 

@@ -15,6 +15,7 @@ import test_trainer_base
 from test_trainer_base import run_train, train_opts
 
 import parse_results  # noqa: E402  (the repo root is on sys.path: tests/conftest.py)
+from dpl.results import runs  # noqa: E402
 
 EXPECTED_GROUPS = {0: "many", 1: "many", 2: "medium", 3: "medium", 4: "few"}
 LONG_TAIL = ("DATASET.SUBSAMPLE_CLASSES", "base", "DATASET.IMBALANCE_RATIO", "10.0")
@@ -68,7 +69,7 @@ def test_group_accuracy_is_the_mean_per_class_accuracy_of_each_group(trained, ti
     assert results["group_accuracy"] == pytest.approx(expected)
     trained_groups = json.loads((out / "results.json").read_text())["group_accuracy"]
     assert results["group_accuracy"] == pytest.approx(trained_groups)
-    value, parsed = parse_results.read_results_json(str(tmp_path / "per_class" / "results.json"), "accuracy")
+    value, parsed = runs.read_results_json(str(tmp_path / "per_class" / "results.json"), "accuracy")
     assert value == pytest.approx(results["accuracy"]) and parsed == pytest.approx(expected)
 
 

@@ -21,6 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "logs" / "upstream"
 import parse_results  # noqa: E402  (the repo root is on sys.path: tests/conftest.py)
+from dpl.results import logs, runs  # noqa: E402
 
 
 def run_cli(*argv):
@@ -105,10 +106,10 @@ def test_parse_log_last_match_after_end_signal_wins(tmp_path):
         "=> result\n* accuracy: 10.0%\nFinish training\n=> result\n* accuracy: 20.0%\n"
         "=> result\n* accuracy: 30.5%\n* error: 69.5%\n"
     )
-    assert parse_results.parse_log(log, "accuracy", parse_results.TRAIN_END_SIGNALS) == 30.5
-    assert parse_results.parse_log(log, "accuracy", (parse_results.TEST_END_SIGNAL,)) == 30.5
+    assert logs.parse_log(log, "accuracy", logs.TRAIN_END_SIGNALS) == 30.5
+    assert logs.parse_log(log, "accuracy", (logs.TEST_END_SIGNAL,)) == 30.5
     log.write_text("=> result\n* accuracy: 10.0%\n")
-    assert parse_results.parse_log(log, "accuracy", parse_results.TRAIN_END_SIGNALS) is None
+    assert logs.parse_log(log, "accuracy", logs.TRAIN_END_SIGNALS) is None
 
 
 def test_stray_entries_are_listed_not_fatal_and_strict_fails(tmp_path):
@@ -365,10 +366,10 @@ def test_group_accuracy_from_tagged_per_class_rows():
     rows = [{"label": 0, "total": 10, "correct": 9, "group": "many"},
             {"label": 1, "total": 10, "correct": 7, "group": "many"},
             {"label": 2, "total": 5, "correct": 2, "group": "few"}]
-    assert parse_results.group_accuracies({"per_class": rows}) == {"many": 80.0, "few": 40.0}
-    assert parse_results.group_accuracies({"group_accuracy": {"many": 1, "medium": 2.5}}) == {"many": 1.0,
+    assert runs.group_accuracies({"per_class": rows}) == {"many": 80.0, "few": 40.0}
+    assert runs.group_accuracies({"group_accuracy": {"many": 1, "medium": 2.5}}) == {"many": 1.0,
                                                                                               "medium": 2.5}
-    assert parse_results.group_accuracies({"per_class": [{"label": 0, "total": 3, "correct": 3}]}) == {}
+    assert runs.group_accuracies({"per_class": [{"label": 0, "total": 3, "correct": 3}]}) == {}
 
 
 def test_protocol_table_with_other_keyword(base2new_tree):

@@ -12,13 +12,13 @@ import math
 import random
 from collections import Counter, defaultdict
 
+from dpl.results.schema import LONG_TAIL_GROUPS  # the group names, head to tail: one definition
 from dpl.utils.errors import InvalidInputError
 
 from .datum import Datum
 
 SUBSAMPLE_CHOICES = ("all", "base", "new")
 LONG_TAIL_GROUP_THRESHOLDS = (1 / 3, 2 / 3)
-LONG_TAIL_GROUPS = ("many", "medium", "few")  # the group names, head to tail
 
 
 def subsample_classes(*splits, subsample="all"):

@@ -1,12 +1,18 @@
 """``results.json``: the machine-readable result of a run, written atomically beside ``log.txt``.
 
-Schema (``schema_version`` 1). Top-level keys describe the most recent ``test()`` call, which at the
-end of a run is its final test:
+One writer (``build_results``, called by the engine's ``test()``) and one reader (``read_results`` /
+``final_test``). Schema (``schema_version`` 2; version 1 files, written before runs recorded their
+identity, are read too). Top-level keys describe the most recent ``test()`` call, which at the end
+of a run is its final test:
 
 ==================  =================================================================================
 key                 meaning
 ==================  =================================================================================
-schema_version      1
+schema_version      2
+run_id              the run's short identity hash (``dpl.results.identity``); the same experiment
+                    always has the same id
+identity            what defines the experiment: ``{"version", "config", "weights"[, "model"]
+                    [, "sources"]}`` (``dpl.results.identity``)
 finished            True when written by the final test (after training, or an eval-only run);
                     ``TRAIN.IF_EXISTS skip`` skips runs whose results.json says so
 split               ``"test"`` or ``"val"``
@@ -35,26 +41,29 @@ tests               every split tested by this process, keyed by split: the metr
                     ``epoch``, ``finished`` and ``test_seconds``
 config              the resolved config as a nested dict
 code                ``{"dpl_version", "git_commit", "git_dirty"}`` (git fields None outside a checkout)
+weights             the CLIP weights actually loaded: ``{"path", "sha256", "architecture",
+                    "official_name"}`` (``official_name``: the OpenAI model whose published
+                    checksum the file has, else null)
+command             ``{"argv", "cwd"}``: the command line of the process that wrote the file
 environment         ``{"python", "torch", "cuda", "device", "platform", "host"}``
 timings             ``{"train_seconds", "test_seconds", "written_at"}``; train_seconds counts the
                     training of this process only (a resumed run reports the resumed part)
 ==================  =================================================================================
 """
 import datetime
+import json
 import os
 import platform
 import socket
 import subprocess
 import sys
 
-import torch
-
 import dpl
 from dpl.project import PROJECT_ROOT
 
-from .runtime import RESULTS_NAME
-
-SCHEMA_VERSION = 1
+RESULTS_NAME = "results.json"
+SCHEMA_VERSION = 2
+LONG_TAIL_GROUPS = ("many", "medium", "few")  # long-tail class groups, head to tail (``group_accuracy`` keys)
 METRIC_KEYS = ("accuracy", "error_rate", "macro_f1", "perclass_accuracy", "per_class", "group_accuracy")
 
 
@@ -86,7 +95,14 @@ def code_version():
     return info
 
 
+def command_line():
+    """The command line of this process and where it ran."""
+    return {"argv": list(sys.argv), "cwd": os.getcwd()}
+
+
 def environment(device):
+    import torch  # only the writer needs torch; readers (parse_results) do not
+
     return {
         "python": sys.version.split()[0],
         "torch": torch.__version__,
@@ -120,15 +136,20 @@ def test_record(split, metrics, num_samples, num_correct, epoch, finished, test_
     return record
 
 
-def build_results(cfg, tests, latest_split, device, code, train_seconds):
-    """The results.json document; ``tests`` maps split -> ``test_record``."""
+def build_results(cfg, tests, latest_split, device, provenance, train_seconds):
+    """The results.json document; ``tests`` maps split -> ``test_record``.
+
+    ``provenance``: ``{"run_id", "identity", "code", "weights", "command"}`` of the run.
+    """
     latest = tests[latest_split]
-    doc = {"schema_version": SCHEMA_VERSION}
+    doc = {"schema_version": SCHEMA_VERSION, "run_id": provenance["run_id"]}
     doc.update({k: v for k, v in latest.items() if k != "test_seconds"})
     doc.update(run_description(cfg))
     doc["tests"] = tests
+    doc["identity"] = provenance["identity"]
     doc["config"] = cfg_to_dict(cfg)
-    doc["code"] = code
+    for key in ("code", "weights", "command"):
+        doc[key] = provenance[key]
     doc["environment"] = environment(device)
     doc["timings"] = {
         "train_seconds": train_seconds,
@@ -140,3 +161,42 @@ def build_results(cfg, tests, latest_split, device, code, train_seconds):
 
 def results_path(output_dir):
     return os.path.join(output_dir, RESULTS_NAME)
+
+
+# ----- reading ---------------------------------------------------------------------------------------
+
+def read_results(path):
+    """The results.json document at ``path``, or None when it is missing, unreadable or not an object
+    (e.g. truncated by a full disk or half-written by another tool)."""
+    try:
+        with open(path, "r") as f:
+            doc = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def is_finished(doc):
+    """True when ``doc`` was written by a run's final test (after training, or an eval-only run)."""
+    return bool(doc) and doc.get("finished") is True
+
+
+def final_test_record(doc):
+    """The record of the final test on the *test* split, or None (a mid-training test, a val split).
+
+    Version 2 keeps every split tested under ``tests``; the top level is the latest test. Files
+    without ``finished`` (written by other tools) are accepted.
+    """
+    record = (doc.get("tests") or {}).get("test") or doc
+    if record.get("split", "test") != "test" or record.get("finished") is False:
+        return None
+    return record
+
+
+def recorded_identity(doc):
+    """``(run_id, identity)`` a results.json records, or ``(None, None)`` for files written before
+    runs recorded their identity."""
+    identity = doc.get("identity") if doc else None
+    if not isinstance(identity, dict):
+        return None, None
+    return doc.get("run_id"), identity
