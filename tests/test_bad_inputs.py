@@ -17,7 +17,7 @@ from dpl.project import PROJECT_ROOT
 from dpl.utils import close_logger
 
 import parse_results  # the repo root is on sys.path: tests/conftest.py
-import train as TRAIN
+import dpl.tools.train as TRAIN
 
 CONFIG = PROJECT_ROOT / "configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml"
 DTD_CONFIG = PROJECT_ROOT / "configs/datasets/dtd.yaml"
@@ -392,9 +392,9 @@ def test_crash_while_writing_results_json_keeps_the_previous_file(data_root, tmp
     # A SIGKILL cannot clean up: a stray temp file is left, and nothing reads it as a result.
     (out / ".results.json.x1y2.tmp").write_text('{"split": "test", "finished": true, "accuracy": 99.0')
     assert parse_results.parse_run(str(out)).metrics["accuracy"] == json.loads(good)["accuracy"]
-    from dpl.engine import run_is_finished
+    from dpl.results.runs import read_state
 
-    assert run_is_finished(str(out))
+    assert read_state(str(out)).finished
 
 
 def test_crash_while_writing_the_fewshot_cache_leaves_no_cache(tmp_path, monkeypatch):

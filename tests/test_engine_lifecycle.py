@@ -55,7 +55,10 @@ class EngineTestLinear(TrainerX):
     def extend_cfg(cls, cfg):
         cfg.TRAINER.ENGINETEST = CN()
         cfg.TRAINER.ENGINETEST.NAN_AT_EPOCH = -1  # 0-based epoch whose 2nd batch returns a NaN loss
-        cfg.TRAINER.ENGINETEST.KILL_AT_EPOCH = -1  # 0-based epoch whose 2nd batch "kills" the run
+
+    # 0-based epoch whose 2nd batch "kills" the run: set on the class by a test, not in the config,
+    # because the rerun that resumes the killed run must be the same experiment (the same identity)
+    kill_at_epoch = -1
 
     def build_model(self):
         size = self.cfg.INPUT.SIZE
@@ -67,7 +70,7 @@ class EngineTestLinear(TrainerX):
 
     def forward_backward(self, batch):
         node = self.cfg.TRAINER.ENGINETEST
-        if self.epoch == node.KILL_AT_EPOCH and self.batch_idx == 1:
+        if self.epoch == self.kill_at_epoch and self.batch_idx == 1:
             raise SimulatedKill()
         image, label, _ = self.parse_batch_train(batch)
         output = self.model(image)
@@ -114,7 +117,7 @@ def config_files(tmp_path_factory):
     return folder
 
 
-import train  # the repo root is on sys.path: tests/conftest.py
+import dpl.tools.train as train
 
 
 def cli(data_root, config_files, output_dir, *extra, trainer="EngineTestLinear"):
@@ -182,10 +185,13 @@ def test_train_resume_skip_and_eval_only_through_train_py(data_root, config_file
     assert "(epoch=2, val_result=None)" in (evaluation / "log.txt").read_text()
     capsys.readouterr()
 
-    # eval-only mistakes: one line, non-zero exit
+    # eval-only mistakes: one line, non-zero exit (each into a new folder: the one above holds a finished
+    # evaluation of another model, which is refused before anything else)
     assert cli(data_root, config_files, evaluation, "--eval-only", "--model-dir", str(tmp_path / "nothing")) == 1
+    assert "holds a finished run" in capsys.readouterr().err
+    assert cli(data_root, config_files, tmp_path / "eval2", "--eval-only", "--model-dir", str(tmp_path / "nothing")) == 1
     assert "No model at" in capsys.readouterr().err
-    assert cli(data_root, config_files, evaluation, "--eval-only", "--model-dir", str(out), "--load-epoch", "2",
+    assert cli(data_root, config_files, tmp_path / "eval3", "--eval-only", "--model-dir", str(out), "--load-epoch", "2",
                trainer="EngineTestLinearTwin") == 1
     err = capsys.readouterr().err
     assert 'saved by trainer "EngineTestLinear"' in err and err.count("\n") == 1
@@ -209,12 +215,12 @@ def run(cfg):
     return trainer
 
 
-def test_exact_resume_after_a_crash_mid_epoch(data_root, config_files, tmp_path, capsys):
+def test_exact_resume_after_a_crash_mid_epoch(data_root, config_files, tmp_path, capsys, monkeypatch):
     reference = run(build_cfg(data_root, config_files, tmp_path / "a"))
 
-    crashed_cfg = build_cfg(data_root, config_files, tmp_path / "b", "TRAINER.ENGINETEST.KILL_AT_EPOCH", 1)
-    with pytest.raises(SimulatedKill):
-        run(crashed_cfg)
+    with monkeypatch.context() as patch, pytest.raises(SimulatedKill):
+        patch.setattr(EngineTestLinear, "kill_at_epoch", 1)
+        run(build_cfg(data_root, config_files, tmp_path / "b"))
     assert not (tmp_path / "b" / ".run.lock").exists()
     resumed = run(build_cfg(data_root, config_files, tmp_path / "b"))
     assert "Previous epoch: 1" in capsys.readouterr().out

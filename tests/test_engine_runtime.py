@@ -6,9 +6,10 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from dpl.config import get_cfg_default
-from dpl.engine import OutputDirExistsError, RunLock, RunLockError, output_dir_action
+from dpl.engine import OutputDirExistsError, RunConflictError, RunLock, RunLockError, output_dir_action
 from dpl.engine.runtime import LOCK_NAME
 
 
@@ -63,22 +64,59 @@ def cfg_for(output_dir, policy):
     return cfg
 
 
+IDENTITY = {"version": 1, "config": {"SEED": 1}, "weights": None}
+OTHER = {"version": 1, "config": {"SEED": 2}, "weights": None}
+
+
+def checkpoint(out, identity, epoch=1):
+    (out / "prompt_learner").mkdir(parents=True, exist_ok=True)
+    torch.save({"epoch": epoch, "run_identity": identity}, out / "prompt_learner" / f"model.pth.tar-{epoch}")
+    (out / "prompt_learner" / "checkpoint").write_text(f"model.pth.tar-{epoch}\n")
+
+
+def action(out, policy, identity=IDENTITY):
+    return output_dir_action(cfg_for(out, policy), identity)[0]
+
+
 def test_if_exists_policies(tmp_path):
     out = tmp_path / "run"
     for policy in ("resume", "skip", "error"):
-        assert output_dir_action(cfg_for(out, policy)) == "fresh"
+        assert action(out, policy) == "fresh"
     (out / "prompt_learner").mkdir(parents=True)
-    (out / "prompt_learner" / "checkpoint").write_text("model.pth.tar-1\n")  # an interrupted run
-    assert output_dir_action(cfg_for(out, "resume")) == "resume"
-    assert output_dir_action(cfg_for(out, "skip")) == "resume"  # unfinished: skip only skips finished runs
+    (out / "prompt_learner" / "checkpoint").write_text("model.pth.tar-1\n")  # files deleted: nothing to resume
+    assert action(out, "resume") == "fresh"
+    checkpoint(out, IDENTITY)  # an interrupted run of this experiment
+    assert action(out, "resume") == "resume"
+    assert action(out, "skip") == "resume"  # unfinished: skip only skips finished runs
     with pytest.raises(OutputDirExistsError, match="checkpoints of an earlier run.*TRAIN.IF_EXISTS"):
-        output_dir_action(cfg_for(out, "error"))
-    (out / "results.json").write_text(json.dumps({"finished": True}))
-    assert output_dir_action(cfg_for(out, "skip")) == "skip"
-    assert output_dir_action(cfg_for(out, "resume")) == "resume"
+        action(out, "error")
+    (out / "results.json").write_text(json.dumps({"finished": True, "run_id": "x", "identity": IDENTITY}))
+    assert action(out, "skip") == "skip"
+    assert action(out, "resume") == "resume"
     with pytest.raises(OutputDirExistsError, match="a finished run"):
-        output_dir_action(cfg_for(out, "error"))
+        action(out, "error")
     (out / "results.json").write_text("{ half written")
-    assert output_dir_action(cfg_for(out, "skip")) == "resume"
+    assert action(out, "skip") == "resume"
     with pytest.raises(ValueError, match=r"do you mean \[skip\]"):
-        output_dir_action(cfg_for(out, "skp"))
+        action(out, "skp")
+
+
+def test_a_folder_of_another_experiment_is_never_reused_whatever_the_policy(tmp_path):
+    out = tmp_path / "run"
+    checkpoint(out, IDENTITY)
+    for policy in ("resume", "skip", "error"):
+        with pytest.raises(RunConflictError, match=r"holds an unfinished run \(last checkpoint after epoch 1\) of "
+                                                   r"another experiment: .*\(SEED 1 -> 2\)"):
+            action(out, policy, OTHER)
+    (out / "results.json").write_text(json.dumps({"finished": True, "accuracy": 50.0, "identity": IDENTITY}))
+    with pytest.raises(RunConflictError, match=r"holds a finished run \(results.json: accuracy 50.00%\)"):
+        action(out, "skip", OTHER)
+
+
+def test_folders_without_identity_are_judged_by_their_contents_with_a_note(tmp_path):
+    out = tmp_path / "run"
+    checkpoint(out, None)
+    kind, decision = output_dir_action(cfg_for(out, "resume"), IDENTITY)
+    assert kind == "resume" and "records no run identity" in decision.note
+    (out / "results.json").write_text(json.dumps({"split": "test", "finished": True, "accuracy": 50.0}))
+    assert action(out, "skip") == "skip"

@@ -26,9 +26,10 @@ from dpl.clip import (
     PromptedVisionEncoder,
     clip_architecture,
     fill_template,
-    load_clip,
+    load_clip_with_info,
     tokenize,
 )
+from dpl.config import CfgNode
 from dpl.engine import TrainerX
 from dpl.engine.errors import CheckpointMismatchError, UserError
 from dpl.metrics import compute_accuracy
@@ -41,10 +42,8 @@ FROZEN_TEXT_CHUNK = 1024  # prompts per call when encoding hand-crafted prompts
 # ----- config helpers -------------------------------------------------------------------------------
 def add_trainer_node(cfg, name, defaults):
     """Add ``cfg.TRAINER.<name>`` with ``defaults`` (a dict) unless it exists (idempotent for subclasses)."""
-    from yacs.config import CfgNode as CN
-
     if name not in cfg.TRAINER:
-        cfg.TRAINER[name] = CN(dict(defaults))
+        cfg.TRAINER[name] = CfgNode(dict(defaults))
 
 
 def clamp_depth(requested, available, key):
@@ -232,6 +231,11 @@ class ClipPromptTrainer(TrainerX):
     MODEL_NAME = "prompt_learner"
 
     @classmethod
+    def config_nodes(cls):
+        """``(CFG_NODE,)``: a prompt trainer reads its own node only (None while ``CFG_NODE`` is unset)."""
+        return (cls.CFG_NODE,) if cls.CFG_NODE else None
+
+    @classmethod
     def node_of(cls, cfg):
         return cfg.TRAINER[cls.CFG_NODE]
 
@@ -251,7 +255,9 @@ class ClipPromptTrainer(TrainerX):
         self.precision = effective_precision(self.node.PREC, self.device)
         self.autocast_dtype = amp_dtype(self.device) if self.precision == "amp" else None
         print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
-        clip_model = load_clip(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PATH, self.device)
+        clip_model, self.weights_info = load_clip_with_info(cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PATH,
+                                                            self.device)
+        print(f"CLIP weights: {self.weights_info.describe()}")
         self.check_input_size(clip_model)
         print(f"Building {type(self).__name__} model")
         self.model = self.build_clip_model(clip_model, classnames)

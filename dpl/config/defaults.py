@@ -138,7 +138,11 @@ _C.OPTIM.WARMUP_RECOUNT = True
 # Train
 ###########################
 _C.TRAIN = CN()
-_C.TRAIN.CHECKPOINT_FREQ = 0
+_C.TRAIN.CHECKPOINT_FREQ = 0  # numbered checkpoints every N epochs (0: the last epoch only), as Dassl
+# Interrupt-safe: a "last" checkpoint (model-last.pth.tar, replaced atomically) is written at every epoch
+# end whatever CHECKPOINT_FREQ says, and also every CHECKPOINT_ITERS training steps when > 0 (long
+# epochs, e.g. ImageNet); a mid-epoch one resumes at that step exactly.
+_C.TRAIN.CHECKPOINT_ITERS = 0
 _C.TRAIN.PRINT_FREQ = 10
 _C.TRAIN.COUNT_ITER = "train_x"
 # Deterministic algorithms, no cudnn.benchmark, seeded data-loader workers.

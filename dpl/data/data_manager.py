@@ -1,13 +1,19 @@
 """``DataManager``, ``DatasetWrapper`` and ``build_data_loader`` (Dassl's ``dassl.data.data_manager``).
 
-Determinism (for exact resume): the training loader draws its order and its workers' seeds from its
-own ``torch.Generator``. Call ``DataManager.set_epoch(epoch, seed)`` at the start of every epoch: it
-re-seeds that generator from ``(seed, epoch)`` alone, so epoch ``e`` sees the same batches whether the
-run started at epoch 0 or resumed at ``e``. Workers seed Python's ``random`` and NumPy from their torch
-seed (``worker_init_fn``), so random augmentations follow too.
+Determinism (for exact resume): the training loader draws its order from its own ``torch.Generator``,
+and each training sample is augmented under its own seed (``EpochSampler``: a function of the epoch's
+seed and the sample's position in the epoch), with the global random generators saved and restored
+around it. Call ``DataManager.set_epoch(epoch, seed, start_batch)`` at the start of every epoch: it
+re-seeds both from ``(seed, epoch)`` alone, so epoch ``e`` sees the same batches, augmented the same
+way, whether the run started at epoch 0, resumed at ``e``, or resumed after ``start_batch`` batches of
+``e``, and whatever the number of workers. Augmentation never consumes the global generators, which
+thereby stay the model's own (their states are in the checkpoints).
 """
+import contextlib
 import hashlib
 import random
+import secrets
+import signal
 
 import numpy as np
 import torch
@@ -19,21 +25,44 @@ from torchvision import transforms as T
 from dpl.utils.errors import InvalidInputError, UnreadableFileError
 
 from .datasets import build_dataset
-from .samplers import build_sampler
+from .samplers import EpochSampler, build_sampler
 from .transforms import build_transform, interpolation_mode
 
 
-def epoch_seed(seed, epoch):
-    """A 63-bit seed that depends only on ``(seed, epoch)``."""
-    digest = hashlib.sha256(f"dpl-train-loader:{seed}:{epoch}".encode()).digest()
+def epoch_seed(seed, epoch, purpose="train-loader"):
+    """A 63-bit seed that depends only on ``(seed, epoch)`` (and what it seeds: ``purpose``)."""
+    digest = hashlib.sha256(f"dpl-{purpose}:{seed}:{epoch}".encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 
 def seed_worker(worker_id):
-    """``worker_init_fn``: seed ``random`` and NumPy from the worker's torch seed (base seed + id)."""
+    """``worker_init_fn``: seed ``random`` and NumPy from the worker's torch seed (base seed + id).
+
+    Workers also ignore SIGINT and SIGTERM: a Ctrl-C or a scheduler's SIGTERM reaches the whole
+    process group, and the main process, which stops at the next step boundary, still needs them
+    for that step; it shuts them down itself when it stops.
+    """
     worker_seed = torch.initial_seed() % 2**32
     random.seed(worker_seed)
     np.random.seed(worker_seed)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def seeded_random_state(seed):
+    """Run a block with the CPU torch, Python and NumPy generators seeded with ``seed``, and restore
+    their states after it (CUDA generators are left alone)."""
+    torch_state, python_state, numpy_state = torch.get_rng_state(), random.getstate(), np.random.get_state()
+    torch.default_generator.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(torch_state)
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
 
 
 def read_image(path):
@@ -55,7 +84,8 @@ def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, b
     """A ``DataLoader`` over ``dataset_wrapper(cfg, data_source, transform=tfm, is_train=is_train)``.
 
     ``drop_last`` only for training sets holding at least one full batch (Dassl). ``generator`` (train
-    loader) drives the sampler and the workers' base seed.
+    loader) drives the sampler and the workers' base seed; a training sampler is wrapped in an
+    ``EpochSampler`` (per-sample augmentation seeds, resumable start position).
     """
     if not data_source:
         raise InvalidInputError(
@@ -66,6 +96,8 @@ def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, b
         )
     sampler = build_sampler(sampler_type, cfg=cfg, data_source=data_source, batch_size=batch_size,
                             n_domain=n_domain, n_ins=n_ins, generator=generator)
+    if is_train:
+        sampler = EpochSampler(sampler)
     wrapper = dataset_wrapper or DatasetWrapper
     num_workers = cfg.DATALOADER.NUM_WORKERS
     return DataLoader(
@@ -118,6 +150,7 @@ class DataManager:
         self.dataset = dataset
         self.tfm_train = tfm_train
         self.tfm_test = tfm_test
+        self.set_epoch(0)
         if cfg.VERBOSE:
             self.show_dataset_summary(cfg)
 
@@ -136,12 +169,18 @@ class DataManager:
                                  batch_size=cfg.DATALOADER.TEST.BATCH_SIZE, tfm=tfm, is_train=False,
                                  dataset_wrapper=dataset_wrapper, generator=torch.Generator().manual_seed(0))
 
-    def set_epoch(self, epoch, seed=None):
-        """Re-seed the training order (and the workers' seeds) from ``(seed, epoch)``; ``seed`` defaults
-        to ``cfg.SEED``. With a negative seed the order stays unseeded."""
+    def set_epoch(self, epoch, seed=None, start_batch=0):
+        """Re-seed the training order, the workers' seeds and the per-sample augmentation seeds from
+        ``(seed, epoch)``, and let the next pass over ``train_loader_x`` start after ``start_batch``
+        batches (a mid-epoch resume). ``seed`` defaults to ``cfg.SEED``; with a negative seed the order
+        stays unseeded and the augmentation seeds are fresh random ones."""
         seed = self.cfg.SEED if seed is None else seed
         if seed >= 0:
             self.train_generator.manual_seed(epoch_seed(seed, epoch))
+        augmentation_seed = epoch_seed(seed, epoch, "augmentation") if seed >= 0 else secrets.randbits(63)
+        for loader, start in ((self.train_loader_x, start_batch), (self.train_loader_u, 0)):
+            if loader is not None and isinstance(loader.sampler, EpochSampler):
+                loader.sampler.set_epoch(augmentation_seed, start * loader.batch_size)
 
     @property
     def num_classes(self):
@@ -198,8 +237,14 @@ class DatasetWrapper(TorchDataset):
 
     def __getitem__(self, idx):
         item = self.data_source[idx]
-        output = {"label": item.label, "domain": item.domain, "impath": item.impath, "index": idx}
+        output = {"label": item.label, "domain": item.domain, "impath": item.impath, "index": int(idx)}
         img0 = read_image(item.impath)
+        seed = getattr(idx, "seed", None)  # training samples carry their augmentation seed (EpochSampler)
+        with seeded_random_state(seed) if seed is not None else contextlib.nullcontext():
+            self._augment(img0, output)
+        return output
+
+    def _augment(self, img0, output):
         if self.transform is None:
             output["img"] = img0
         elif isinstance(self.transform, (list, tuple)):
@@ -209,7 +254,6 @@ class DatasetWrapper(TorchDataset):
             output["img"] = self._apply(self.transform, img0)
         if self.return_img0:
             output["img0"] = self.to_tensor(img0)
-        return output
 
     def _apply(self, tfm, img0):
         views = [tfm(img0) for _ in range(self.k_tfm)]

@@ -1,5 +1,12 @@
 """Samplers by name (Dassl's ``build_sampler``). Every random sampler draws from the ``generator``
-it is given, so a seeded generator fixes the order."""
+it is given, so a seeded generator fixes the order.
+
+``EpochSampler`` wraps the training sampler for exact resume: each index it yields carries the seed
+of its sample's random augmentation (a function of the epoch's seed and the sample's position in the
+epoch), and an epoch can start at a position. So an epoch resumed after its first ``k`` batches sees
+the same remaining batches, augmented the same way, whatever the number of loader workers.
+"""
+import hashlib
 import random
 from collections import defaultdict
 
@@ -41,6 +48,53 @@ class RandomClassSampler(Sampler):
 
     def __len__(self):
         return self.length
+
+
+class SeededIndex(int):
+    """A dataset index that carries the seed of its sample's augmentation (``.seed``).
+
+    It is an ``int``, so datasets that do not know about seeds index with it as usual.
+    """
+
+    def __new__(cls, index, seed):
+        obj = super().__new__(cls, index)
+        obj.seed = seed
+        return obj
+
+    def __reduce__(self):  # pickled to the loader's worker processes
+        return (SeededIndex, (int(self), self.seed))
+
+
+def sample_seed(epoch_seed, position):
+    """A 63-bit seed of the sample at ``position`` of the epoch seeded with ``epoch_seed``."""
+    digest = hashlib.blake2b(f"{epoch_seed}:{position}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class EpochSampler(Sampler):
+    """Yields the wrapped sampler's indices as ``SeededIndex`` and can start an epoch at a position.
+
+    ``set_epoch(epoch_seed, start)`` before an epoch: per-sample seeds derive from ``epoch_seed``;
+    the first ``start`` positions of the next pass are skipped (once). ``len`` stays the full epoch,
+    so batch counts and schedules do not change on resume.
+    """
+
+    def __init__(self, sampler):
+        self.sampler = sampler
+        self.epoch_seed = 0
+        self.start = 0
+
+    def set_epoch(self, epoch_seed, start=0):
+        self.epoch_seed, self.start = epoch_seed, start
+
+    def __iter__(self):
+        start, self.start = self.start, 0
+        for position, index in enumerate(self.sampler):
+            if position >= start:
+                yield SeededIndex(index, sample_seed(self.epoch_seed, position))
+
+    def __len__(self):
+        return len(self.sampler)
 
 
 def build_sampler(sampler_type, cfg=None, data_source=None, batch_size=32, n_domain=0, n_ins=16, generator=None):

@@ -5,10 +5,12 @@ from .errors import (
     CheckpointNotFoundError,
     NonFiniteLossError,
     OutputDirExistsError,
+    RunConflictError,
     RunLockError,
     UserError,
 )
-from .runtime import RunLock, configure_determinism, output_dir_action, run_is_finished, skip_message
+from .interrupts import RunInterrupted, StopRequests
+from .runtime import RunLock, configure_determinism, output_dir_action, skip_message
 from .trainer import SimpleTrainer, TrainerBase, TrainerX
 
 __all__ = [
@@ -21,7 +23,9 @@ __all__ = [
     "RunLock",
     "configure_determinism",
     "output_dir_action",
-    "run_is_finished",
+    "RunInterrupted",
+    "StopRequests",
+    "RunConflictError",
     "skip_message",
     "UserError",
     "RunLockError",

@@ -11,6 +11,10 @@ class RunLockError(UserError):
     """Another live run holds the output directory."""
 
 
+class RunConflictError(UserError):
+    """The output directory holds a result or checkpoints of another experiment (another run identity)."""
+
+
 class OutputDirExistsError(UserError):
     """``TRAIN.IF_EXISTS error`` and the output directory already holds a run."""
 

@@ -1,4 +1,5 @@
-"""What happens around a run: the output-dir policy, the run lock and the determinism switch."""
+"""What happens around a run: the output-dir policy (by run identity), the run lock and the determinism switch."""
+import contextlib
 import datetime
 import json
 import os
@@ -7,61 +8,49 @@ import socket
 import torch
 
 from dpl.utils.registry import check_availability
-from dpl.utils.tools import read_json
+from dpl.utils.errors import UnwritableFileError
+from dpl.utils.tools import create_temp_file
 
-from .errors import OutputDirExistsError, RunLockError
+from .errors import OutputDirExistsError, RunConflictError, RunLockError
 
 LOCK_NAME = ".run.lock"
-RESULTS_NAME = "results.json"
 IF_EXISTS_POLICIES = ["resume", "skip", "error"]
 
 
-def _has_checkpoint(output_dir):
-    """True when some ``output_dir/<model name>/checkpoint`` pointer file exists."""
-    if not os.path.isdir(output_dir):
-        return False
-    return any(os.path.isfile(os.path.join(output_dir, entry, "checkpoint")) for entry in os.listdir(output_dir))
+def output_dir_action(cfg, identity):
+    """What a training run of ``identity`` does with ``cfg.OUTPUT_DIR`` under ``cfg.TRAIN.IF_EXISTS``.
 
-
-def run_is_finished(output_dir):
-    """True when ``results.json`` records the final test of a finished run."""
-    path = os.path.join(output_dir, RESULTS_NAME)
-    if not os.path.isfile(path):
-        return False
-    try:
-        return bool(read_json(path).get("finished", False))
-    except (OSError, ValueError):  # unreadable or half-written by another tool: not a finished run
-        return False
-
-
-def output_dir_action(cfg):
-    """What a training run does with ``cfg.OUTPUT_DIR`` under ``cfg.TRAIN.IF_EXISTS``.
-
-    Returns ``"fresh"`` (nothing there), ``"resume"`` (continue from the last checkpoint; a finished
-    run reruns its final test) or ``"skip"`` (finished run, policy ``skip``); raises
-    ``OutputDirExistsError`` under policy ``error`` when the directory holds a run.
+    Returns ``(action, decision)``: ``"fresh"`` (nothing to reuse), ``"resume"`` (continue from the
+    last checkpoint; a finished run reruns its final test) or ``"skip"`` (finished, policy ``skip``),
+    with the ``dpl.results.runs.Decision`` behind it (its ``note`` is a line to log). Raises
+    ``RunConflictError`` when the folder holds another experiment, whatever the policy, and
+    ``OutputDirExistsError`` under policy ``error`` when it holds this one.
     """
+    from dpl.results import runs
+
     policy = cfg.TRAIN.IF_EXISTS
     check_availability(policy, IF_EXISTS_POLICIES, "TRAIN.IF_EXISTS policy")
-    output_dir = cfg.OUTPUT_DIR
-    finished = run_is_finished(output_dir)
-    if not finished and not _has_checkpoint(output_dir):
-        return "fresh"
+    decision = runs.decide(runs.read_state(cfg.OUTPUT_DIR), identity)
+    if decision.action == "conflict":
+        raise RunConflictError(runs.conflict_message(decision, identity, "choose another --output-dir, or move "
+                                                                         "the folder away"))
+    if decision.action == "fresh":
+        return "fresh", decision
     if policy == "error":
-        state = "a finished run" if finished else "checkpoints of an earlier run"
+        state = "a finished run" if decision.action == "finished" else "checkpoints of an earlier run"
         raise OutputDirExistsError(
-            f"{output_dir} already holds {state} and TRAIN.IF_EXISTS is 'error': choose another --output-dir, "
+            f"{cfg.OUTPUT_DIR} already holds {state} and TRAIN.IF_EXISTS is 'error': choose another --output-dir, "
             "or pass TRAIN.IF_EXISTS resume (continue) or skip (leave finished runs alone)"
         )
-    if policy == "skip" and finished:
-        return "skip"
-    return "resume"
+    if policy == "skip" and decision.action == "finished":
+        return "skip", decision
+    return "resume", decision
 
 
-def skip_message(output_dir):
+def skip_message(output_dir, result):
     return (
-        f"Skip: the run in {output_dir} is finished ({RESULTS_NAME} holds its final test; "
-        "TRAIN.IF_EXISTS is 'skip'). Pass TRAIN.IF_EXISTS resume to run its final test again."
+        f"Skip: the run in {output_dir} is finished ({result}; TRAIN.IF_EXISTS is 'skip'). "
+        "Pass TRAIN.IF_EXISTS resume to run its final test again."
     )
 
 
@@ -105,20 +94,31 @@ class RunLock:
             "host": socket.gethostname(),
             "started": datetime.datetime.now().isoformat(timespec="seconds"),
         }
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(owner, f)
+        tmp = None
         try:
+            fd, tmp = create_temp_file(self.output_dir, LOCK_NAME)  # mode from the umask, like the run's files
+            with os.fdopen(fd, "w") as f:
+                json.dump(owner, f)
             os.link(tmp, self.path)  # atomic and exclusive: the lock appears complete or not at all
             return True
         except FileExistsError:
             return False
+        except OSError as exc:  # no space, read-only file system, no permission
+            raise self._unwritable(exc) from exc
         finally:
-            os.remove(tmp)
+            if tmp is not None:
+                with contextlib.suppress(OSError):  # must not hide the error that brought us here
+                    os.remove(tmp)
+
+    def _unwritable(self, exc):
+        return UnwritableFileError.from_os_error(exc, self.path, doing="create the run lock")
 
     def acquire(self):
         """Take the lock. Returns a note to log when a stale lock was taken over, else None."""
-        os.makedirs(self.output_dir, exist_ok=True)
+        try:
+            os.makedirs(self.output_dir, exist_ok=True)
+        except OSError as exc:
+            raise self._unwritable(exc) from exc
         note = None
         for _ in range(3):  # a concurrent run may remove or take over the file between our steps
             if self._create():

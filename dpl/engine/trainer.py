@@ -1,9 +1,18 @@
 """The trainer lifecycle: ``TrainerBase`` -> ``SimpleTrainer`` -> ``TrainerX`` (Dassl's API and log lines).
 
 Construction (``SimpleTrainer.__init__``): ``check_cfg`` -> device -> ``build_data_loader`` ->
-``build_model`` -> evaluator. Training (``train()``): output-dir policy and run lock, ``before_train``
-(resume), then per epoch: data-order seeding, ``before_epoch``, ``run_epoch``, ``after_epoch``
-(validation, checkpoints), and ``after_train`` (final test, ``results.json``).
+``build_model`` -> evaluator. Training (``train()``): run lock, ``before_train`` (training images
+checked, resume), then per epoch: data-order seeding, ``before_epoch``, ``run_epoch`` (a step per
+batch, then ``after_step``), ``after_epoch`` (validation, checkpoints), and ``after_train`` (final
+test, ``results.json``).
+
+Checkpoints (per registered model, in ``OUTPUT_DIR/<model name>/``): Dassl's numbered
+``model.pth.tar-<epoch>`` every ``TRAIN.CHECKPOINT_FREQ`` epochs and after the last one, and, so that
+no interruption costs more than an epoch, ``model-last.pth.tar`` (replaced atomically) at every other
+epoch end, every ``TRAIN.CHECKPOINT_ITERS`` steps when set, and at the step where a SIGINT/SIGTERM
+stopped the run (``dpl.engine.interrupts``). A mid-epoch checkpoint records the batches done of its
+epoch; resuming skips exactly those (``DataManager.set_epoch(..., start_batch)``). Every checkpoint
+records the run's identity and config: a folder is never resumed for another experiment.
 
 Hooks a trainer overrides: ``extend_cfg(cfg)`` (classmethod adding its config node), ``check_cfg``,
 ``build_model``, ``forward_backward``, ``parse_batch_train``, ``parse_batch_test``,
@@ -11,6 +20,7 @@ Hooks a trainer overrides: ``extend_cfg(cfg)`` (classmethod adding its config no
 (what a checkpoint holds for a registered model), ``get_trainer_state()`` / ``set_trainer_state(state)``
 (extra state exact resume needs; call ``super()`` and add keys), and ``load_model``.
 """
+import dataclasses
 import datetime
 import numbers
 import os
@@ -21,9 +31,14 @@ import numpy as np
 import torch
 
 from dpl.evaluation import build_evaluator
+from dpl.results import identity as run_identity
+from dpl.results import runs as run_states
+from dpl.results import schema as results_json
+from dpl.utils.errors import UnwritableFileError
 from dpl.utils.meters import AverageMeter, MetricMeter
 from dpl.utils.torchtools import (
     BEST_NAME,
+    LAST_NAME,
     checkpoint_name,
     get_rng_state,
     latest_checkpoint_path,
@@ -34,9 +49,9 @@ from dpl.utils.torchtools import (
 )
 from dpl.utils.tools import write_json
 
-from . import results as results_json
-from .errors import CheckpointMismatchError, CheckpointNotFoundError, NonFiniteLossError
-from .runtime import RunLock, output_dir_action, skip_message
+from .errors import CheckpointMismatchError, CheckpointNotFoundError, NonFiniteLossError, RunConflictError
+from .interrupts import NoStopRequests, RunInterrupted
+from .runtime import RunLock
 
 
 def _format_components(components):
@@ -46,8 +61,28 @@ def _format_components(components):
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in values.items())
 
 
+def _remove_if_present(path):
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
 class TrainerBase:
     """Registered models/optimizers/schedulers, the epoch loop, checkpoints and TensorBoard."""
+
+    # True for a trainer that learns nothing (zero-shot): settings on other trainers' config nodes
+    # cannot change its run, so they are a logged note rather than a config error.
+    TRAINING_FREE = False
+
+    @classmethod
+    def config_nodes(cls):
+        """The ``cfg.TRAINER`` node names this trainer reads (e.g. ``("COOP",)``), or None if undeclared.
+
+        A value set on any other trainer's node would be ignored, so it is refused before the run
+        (``dpl.engine.build.check_trainer_nodes``); None (the default) skips that check.
+        """
+        return None
 
     def __init__(self):
         self._models = OrderedDict()
@@ -56,6 +91,10 @@ class TrainerBase:
         self._writer = None
         self.scaler = None  # an AMP GradScaler, when a trainer uses one, is saved in the trainer state
         self.epochs_trained = 0  # epochs behind the current weights (resume / load_model update it)
+        self.resume_batch = 0  # batches of the first epoch already done (a mid-epoch checkpoint)
+        self.start_batch = 0  # the batch the current epoch starts at (0 unless resumed mid-epoch)
+        self.stops = NoStopRequests()  # the entry point installs real SIGINT/SIGTERM handling
+        self.last_saved = None  # the checkpoint file written last (named when a run stops on a signal)
 
     # ----- model registry -------------------------------------------------------------------------
     def register_model(self, name="model", model=None, optim=None, sched=None):
@@ -179,21 +218,51 @@ class TrainerBase:
         if "rng" in state:
             set_rng_state(state["rng"])
 
-    def save_model(self, epoch, directory, is_best=False, val_result=None, model_name=""):
-        """Write one checkpoint per registered model after (0-based) ``epoch``."""
+    def checkpoint_record(self):
+        """What every checkpoint records about its run besides the model (``SimpleTrainer``: identity, config)."""
+        return {}
+
+    def save_model(self, epoch, directory, is_best=False, val_result=None, model_name="", batch=0):
+        """Write one checkpoint per registered model after (0-based) ``epoch``, or after ``batch``
+        batches of the next epoch (a mid-epoch "last" checkpoint).
+
+        A numbered checkpoint supersedes the "last" one, which is then removed (disk use stays bounded).
+        """
         trainer_state = self.get_trainer_state()
+        record = self.checkpoint_record()
         for name in self.get_model_names():
             optim, sched = self._optims[name], self._scheds[name]
             state = {
                 "state_dict": self.checkpoint_state_dict(name),
-                "epoch": epoch + 1,
+                "epoch": epoch + 1 if not batch else epoch,
+                "batch": batch,
                 "optimizer": optim.state_dict() if optim is not None else None,
                 "scheduler": sched.state_dict() if sched is not None else None,
                 "val_result": val_result,
                 "trainer": self.cfg.TRAINER.NAME,
                 "trainer_state": trainer_state,
+                **record,
             }
-            save_checkpoint(state, os.path.join(directory, name), is_best=is_best, model_name=model_name)
+            model_dir = os.path.join(directory, name)
+            try:
+                saved = save_checkpoint(state, model_dir, is_best=is_best, model_name=model_name)
+            except UnwritableFileError as exc:
+                raise self._unsaved(exc, model_dir) from exc
+            self.last_saved = saved
+            if not model_name:
+                _remove_if_present(os.path.join(model_dir, LAST_NAME))
+
+    def _unsaved(self, exc, model_dir):
+        """``exc`` (a checkpoint that could not be written) with what the run keeps and how to go on."""
+        kept = latest_checkpoint_path(model_dir)
+        kept = f"the last checkpoint {kept} is kept" if kept and os.path.isfile(kept) else "no checkpoint of it is kept"
+        return UnwritableFileError(f"{exc}. Training stopped in epoch {getattr(self, 'epoch', 0) + 1}: {kept}; "
+                                   "make room and run the same command again to continue",
+                                   exc.errno, exc.strerror, exc.filename)
+
+    def save_last(self, batch=0):
+        """The "last" checkpoint: after the current epoch, or after ``batch`` batches of it."""
+        self.save_model(self.epoch, self.output_dir, model_name=LAST_NAME, batch=batch)
 
     def _check_checkpoint_trainer(self, checkpoint, path):
         saved_by = checkpoint.get("trainer")
@@ -203,8 +272,14 @@ class TrainerBase:
                 f"pass --trainer {saved_by} (with its config) or a model dir of a {self.cfg.TRAINER.NAME} run"
             )
 
+    def check_resumable(self, checkpoint, path, directory):
+        """Refuse a checkpoint that belongs to another experiment (``SimpleTrainer`` compares identities)."""
+
     def resume_model_if_exist(self, directory):
-        """Resume every registered model from its latest checkpoint in ``directory``; return the start epoch."""
+        """Resume every registered model from its latest checkpoint in ``directory``; return the start epoch.
+
+        A mid-epoch checkpoint also sets ``resume_batch``, the batches of that epoch already done.
+        """
         names = self.get_model_names()
         paths = [latest_checkpoint_path(os.path.join(directory, name)) for name in names]
         if not names or any(p is None or not os.path.isfile(p) for p in paths):
@@ -219,14 +294,18 @@ class TrainerBase:
             print(f'Loading checkpoint from "{path}"')
             checkpoint = load_checkpoint(path)
             self._check_checkpoint_trainer(checkpoint, path)
+            self.check_resumable(checkpoint, path, directory)
             self.load_checkpoint_state_dict(name, checkpoint["state_dict"])
             if self._optims[name] is not None and checkpoint.get("optimizer") is not None:
                 self._optims[name].load_state_dict(checkpoint["optimizer"])
             if self._scheds[name] is not None and checkpoint.get("scheduler") is not None:
                 self._scheds[name].load_state_dict(checkpoint["scheduler"])
             start_epoch = checkpoint["epoch"]
+            self.resume_batch = checkpoint.get("batch", 0)
             trainer_state = trainer_state or checkpoint.get("trainer_state")
         print(f"Previous epoch: {start_epoch}")
+        if self.resume_batch:
+            print(f"Resuming in epoch {start_epoch + 1} after its first {self.resume_batch} batches")
         if trainer_state is not None:
             self.set_trainer_state(trainer_state)
         else:
@@ -268,23 +347,33 @@ class TrainerBase:
 
     # ----- the loop -------------------------------------------------------------------------------
     def train(self, start_epoch, max_epoch):
-        """Generic loop; honours ``TRAIN.IF_EXISTS`` and holds the run lock of ``OUTPUT_DIR`` throughout."""
+        """Generic loop; holds the run lock of ``OUTPUT_DIR`` throughout.
+
+        Whether a folder is trained, resumed or left alone is decided before (``train.py``:
+        ``dpl.results.runs.decide``); a checkpoint of another experiment is refused here too.
+        """
         self.start_epoch, self.max_epoch = start_epoch, max_epoch
-        if output_dir_action(self.cfg) == "skip":
-            print(skip_message(self.output_dir))
-            return
         with RunLock(self.output_dir):
             self.before_train()
-            for self.epoch in range(self.start_epoch, self.max_epoch):
-                self.seed_data_order(self.epoch)
-                self.before_epoch()
-                self.run_epoch()
-                self.epochs_trained = self.epoch + 1
-                self.after_epoch()
+            with self.stops.deferred():
+                for self.epoch in range(self.start_epoch, self.max_epoch):
+                    self.start_batch, self.resume_batch = self.resume_batch, 0  # only the first epoch resumes mid-way
+                    self.seed_data_order(self.epoch)
+                    self.before_epoch()
+                    self.run_epoch()
+                    self.epochs_trained = self.epoch + 1
+                    self.after_epoch()
+                    self.stop_if_requested()
             self.after_train()
 
+    def stop_if_requested(self):
+        """Raise ``RunInterrupted`` when a signal asked the run to stop (its last checkpoint is written)."""
+        if self.stops.requested:
+            raise RunInterrupted(self.stops.signum, saved=self.last_saved or "")
+
     def seed_data_order(self, epoch):
-        """Make the training data order a function of (SEED, epoch), so a resumed run replays it."""
+        """Make the training data order a function of (SEED, epoch), so a resumed run replays it;
+        the epoch starts after its first ``start_batch`` batches (a mid-epoch resume)."""
 
     def before_train(self):
         pass
@@ -338,8 +427,9 @@ class SimpleTrainer(TrainerBase):
         self.train_seconds = None
         self._training = False
         self._test_records = OrderedDict()
-        self._code_version = None
+        self.code_version = None  # dpl version and git commit (computed on first use; the entry point sets it)
         self._long_tail_groups = False  # computed on first use: None or {label: group}
+        self._run_identity = None  # computed on first use; the entry point sets an evaluation's
 
     def check_cfg(self, cfg):
         """Validate the trainer's config node (e.g. ``PREC``); called first in ``__init__``."""
@@ -363,15 +453,19 @@ class SimpleTrainer(TrainerBase):
         raise NotImplementedError(f"{type(self).__name__} must implement build_model()")
 
     def seed_data_order(self, epoch):
-        """Re-seed the training loader from (SEED, epoch) through ``DataManager.set_epoch``.
+        """Re-seed the training loader from (SEED, epoch) through ``DataManager.set_epoch`` (and start
+        the first resumed epoch after its ``resume_batch`` batches).
 
         Loaders a trainer built itself are re-seeded when they carry a ``torch.Generator``.
         """
-        if self.cfg.SEED < 0:
-            return
         dm = getattr(self, "dm", None)
         if dm is not None and getattr(dm, "train_loader_x", None) is self.train_loader_x and hasattr(dm, "set_epoch"):
-            dm.set_epoch(epoch)
+            dm.set_epoch(epoch, start_batch=self.start_batch)
+            return
+        if self.start_batch:
+            raise RuntimeError(f"{type(self).__name__} built its own training loader: a mid-epoch checkpoint "
+                               "cannot be resumed (resume from an epoch-end checkpoint)")
+        if self.cfg.SEED < 0:
             return
         generator = getattr(self.train_loader_x, "generator", None)
         if isinstance(generator, torch.Generator):
@@ -379,7 +473,53 @@ class SimpleTrainer(TrainerBase):
 
             generator.manual_seed(epoch_seed(self.cfg.SEED, epoch))
 
+    # ----- identity: what a run's results and checkpoints record --------------------------------------
+    @property
+    def run_identity(self):
+        """This run's identity (``dpl.results.identity``); an evaluation's is set by the entry point."""
+        if self._run_identity is None:
+            self._run_identity = run_identity.run_identity(self.cfg)
+        return self._run_identity
+
+    @run_identity.setter
+    def run_identity(self, identity):
+        self._run_identity = identity
+
+    def checkpoint_record(self):
+        identity = self.run_identity
+        return {"run_identity": identity, "run_id": run_identity.run_id(identity),
+                "config": results_json.cfg_to_dict(self.cfg)}
+
+    def check_resumable(self, checkpoint, path, directory):
+        """The run's own folder is resumed only for its own experiment; ``RESUME`` (another folder, the
+        user's explicit choice) and checkpoints of older code only get a note."""
+        recorded = checkpoint.get("run_identity")
+        if recorded == self.run_identity:
+            return
+        if recorded is None:
+            print(f"Note: {path} records no run identity (written before runs recorded one): resuming it as before")
+        elif os.path.abspath(directory) == os.path.abspath(self.output_dir):
+            decision = run_states.Decision("conflict", run_states.read_state(directory))
+            raise RunConflictError(run_states.conflict_message(
+                decision, self.run_identity, "choose another --output-dir, or move the folder away"))
+        else:
+            print(f"Note: RESUME {directory} holds run {run_identity.run_id(recorded)}, this run is "
+                  f"{run_identity.run_id(self.run_identity)}: continuing from its weights as asked")
+
+    # ----- the loop ------------------------------------------------------------------------------------
+    def check_training_images(self):
+        """Open every sampled training image before the first epoch (a damaged file fails now, in one line)."""
+        dataset = getattr(getattr(self, "dm", None), "dataset", None)
+        if dataset is None or self.cfg.DATASET.NUM_SHOTS < 1:
+            return
+        from dpl.data import check_training_images  # imported here: the engine must import without the data stack
+
+        items = list(dataset.train_x) + list(dataset.val or [])
+        check_training_images(items, self.cfg.DATASET.NAME, self.cfg.DATASET.ROOT,
+                              stem=getattr(dataset, "stem", None) or None)
+
     def before_train(self):
+        self.check_training_images()
         directory = self.cfg.RESUME or self.output_dir
         self.start_epoch = self.resume_model_if_exist(directory)
         self.init_writer(os.path.join(self.output_dir, "tensorboard"))
@@ -413,6 +553,8 @@ class SimpleTrainer(TrainerBase):
                 self.save_model(self.epoch, self.output_dir, val_result=curr_result, model_name=BEST_NAME)
         if meet_checkpoint_freq or last_epoch:
             self.save_model(self.epoch, self.output_dir)
+        else:
+            self.save_last()
 
     @torch.no_grad()
     def test(self, split=None):
@@ -476,8 +618,13 @@ class SimpleTrainer(TrainerBase):
 
     def write_results(self, split, results, test_seconds):
         """Record this test and rewrite ``OUTPUT_DIR/results.json`` atomically (schema: dpl.engine.results)."""
-        if self._code_version is None:
-            self._code_version = results_json.code_version()
+        if self.code_version is None:
+            self.code_version = results_json.code_version()
+        identity = self.run_identity
+        weights = getattr(self, "weights_info", None)
+        provenance = {"run_id": run_identity.run_id(identity), "identity": identity, "code": self.code_version,
+                      "weights": dataclasses.asdict(weights) if weights is not None else None,
+                      "command": results_json.command_line()}
         self._test_records[split] = results_json.test_record(
             split,
             results,
@@ -488,7 +635,7 @@ class SimpleTrainer(TrainerBase):
             test_seconds=test_seconds,
         )
         doc = results_json.build_results(
-            self.cfg, dict(self._test_records), split, self.device, self._code_version, self.train_seconds
+            self.cfg, dict(self._test_records), split, self.device, provenance, self.train_seconds
         )
         write_json(doc, results_json.results_path(self.output_dir))
 
@@ -513,9 +660,10 @@ class TrainerX(SimpleTrainer):
         self.num_batches = len(self.train_loader_x)
         print_freq = self.cfg.TRAIN.PRINT_FREQ
         end = time.time()
-        for self.batch_idx, batch in enumerate(self.train_loader_x):
+        for self.batch_idx, batch in enumerate(self.train_loader_x, start=self.start_batch):
             data_time.update(time.time() - end)
             loss_summary = self.forward_backward(batch)
+            self.after_step()
             batch_time.update(time.time() - end)
             losses.update(loss_summary)
             if (self.batch_idx + 1) % print_freq == 0 or self.num_batches < print_freq:
@@ -526,6 +674,17 @@ class TrainerX(SimpleTrainer):
             if self._optims:
                 self.write_scalar("train/lr", self.get_current_lr(), n_iter)
             end = time.time()
+
+    def after_step(self):
+        """Mid-epoch "last" checkpoints: every ``TRAIN.CHECKPOINT_ITERS`` steps, and where a signal
+        asked the run to stop (then it stops here; at an epoch's last step, ``after_epoch`` saves)."""
+        done = self.batch_idx + 1
+        if done >= self.num_batches:
+            return
+        every = self.cfg.TRAIN.CHECKPOINT_ITERS
+        if self.stops.requested or (every > 0 and (self.epoch * self.num_batches + done) % every == 0):
+            self.save_last(batch=done)
+        self.stop_if_requested()
 
     def progress_line(self, batch_time, data_time, losses):
         """``epoch [3/10] batch [20/50] time ... data ... <losses> lr 1.9823e-03 eta 0:01:23``."""

@@ -2,7 +2,8 @@
 
 Layout (kept from Dassl): ``<dir>/<model name>/model.pth.tar-<epoch>`` (1-based epoch) or
 ``<dir>/<model name>/model-best.pth.tar``, plus ``<dir>/<model name>/checkpoint``, a one-line text
-file naming the latest file (read by resume). Every file is written atomically: a crash mid-write
+file naming the latest file (read by resume). Ours adds ``model-last.pth.tar``: the latest state
+between numbered checkpoints (see ``dpl.engine.trainer``). Every file is written atomically: a crash mid-write
 leaves the previous file intact.
 """
 import os
@@ -20,6 +21,7 @@ from .tools import atomic_open, mkdir_if_missing
 
 CHECKPOINT_POINTER = "checkpoint"
 BEST_NAME = "model-best.pth.tar"
+LAST_NAME = "model-last.pth.tar"
 
 
 def tolist_if_not(x):
