@@ -13,7 +13,7 @@ from dpl.pocket import files
 from dpl.project import PROJECT_ROOT
 from dpl.utils import close_logger
 
-import train as TRAIN  # the repo root is on sys.path: tests/conftest.py
+import dpl.tools.train as TRAIN
 
 SHOTS = 16
 

@@ -24,7 +24,7 @@ CLASSNAMES = ["banded", "blotchy", "bumpy_thing"]
 
 
 # ----- helpers shared by the trainer tests ----------------------------------------------------------
-import train as TRAIN  # the repo root is on sys.path: tests/conftest.py
+import dpl.tools.train as TRAIN
 
 
 def run_train(tmp_path, weights, trainer, config, *extra, out="out", n_classes=4, per_class=6):
