@@ -18,7 +18,7 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
+	bash scripts/demo.sh  # the scripts find .venv/bin/python themselves
 
 clean-venv:
 	rm -rf $(VENV)

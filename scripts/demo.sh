@@ -10,15 +10,21 @@
 #   DATA     dataset root; default ~/.cache/dpl/data (the pocket images are generated there on first use)
 #   OUTPUT   output root; default <repo>/output/demo (kept apart from real benchmark runs)
 #   SEED     default 1
-#   PYTHON   default python (`make demo` puts the project's venv first on PATH)
-# Arguments: further KEY VALUE config overrides, passed to every run (e.g. OPTIM.MAX_EPOCH 5).
-# A finished demo is not rerun: delete $OUTPUT to run it again.
+#   TAG      name of the runs' variant; default pocket (their folders are <cfg>@pocket, their rows
+#            "DropoutPrompt [pocket]": the pocket-scale overrides below are named, not spelled out)
+# Arguments: further KEY VALUE config overrides, passed to every run (e.g. OPTIM.MAX_EPOCH 5). Give such a
+# variant its own TAG (TAG=pocket-5ep bash scripts/demo.sh OPTIM.MAX_EPOCH 5): a folder holding a demo
+# of other settings is never reused, and the scripts say so in one line.
+# A finished demo is not rerun: delete $OUTPUT to run it again. Interrupted, it continues where it stopped.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/_python.sh
+source "$REPO/scripts/_python.sh"
+PYTHON=$(project_python)
 export DATA=${DATA:-$HOME/.cache/dpl/data}
 export OUTPUT=${OUTPUT:-$REPO/output/demo}
-export PYTHON=${PYTHON:-python}
+export TAG=${TAG:-pocket}
 # The pocket model is tiny: one intra-op thread per process is several times faster than torch's default,
 # and tens of times faster on a busy machine, where spinning OpenMP threads oversubscribe the cores.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}

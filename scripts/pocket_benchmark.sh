@@ -8,15 +8,19 @@
 #   DATA     dataset root; default ~/.cache/dpl/data (the pocket images are generated there on first use)
 #   OUTPUT   output root; default <repo>/output/pocket_benchmark
 #   SEEDS    default "1 2 3"
+#   TAG      name of the runs' variant; default pocket (folders <cfg>@pocket, rows "<Trainer> [pocket]")
 # Finished runs are skipped, unfinished ones resumed (scripts/run_protocol.py): rerunning the command
 # completes an interrupted benchmark. Pocket numbers are a smoke test of the methods' trade-offs on a
 # CPU, not a reproduction of the paper.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=scripts/_python.sh
+source "$REPO/scripts/_python.sh"
+PYTHON=$(project_python)
 export DATA=${DATA:-$HOME/.cache/dpl/data}
 export OUTPUT=${OUTPUT:-$REPO/output/pocket_benchmark}
-export PYTHON=${PYTHON:-python}
+export TAG=${TAG:-pocket}
 # The pocket model is tiny: one intra-op thread per process is several times faster than torch's default,
 # and tens of times faster on a busy machine, where spinning OpenMP threads oversubscribe the cores.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}

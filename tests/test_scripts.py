@@ -1,19 +1,23 @@
-"""The protocol scripts (scripts/<method>/*.sh on scripts/_common.sh) and scripts/run_protocol.py.
+"""The protocol scripts (scripts/<method>/*.sh -> ``python -m dpl.protocols``) and scripts/run_protocol.py.
 
-Fast tests run the scripts with a stand-in interpreter that records the train.py command line
-(PYTHON=<stub>), so layout, argument pass-through, checkpoint choice, skip and resume are checked
-without torch. The end-to-end tests run the real train.py on a synthetic DTD with the tiny CLIP:
-base2new_train -> base2new_test -> parse_results table for DropoutPrompt and CoOp.
+Fast tests run the steps in this process with train.py's ``cli`` replaced by a recorder
+(``recorded``), so layout, argument pass-through, checkpoint choice, skip and resume are checked
+without training. The end-to-end tests run the real scripts and train.py on a synthetic DTD with the
+tiny CLIP (tiny copies of the shipped configs, ``tests/helpers.py``): base2new_train ->
+base2new_test -> parse_results table for DropoutPrompt and CoOp.
 """
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+import dpl.tools.train
+from dpl.protocols import cli as protocol_cli
+from helpers import run_script, script_env, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
@@ -26,34 +30,39 @@ TRAINER_SCRIPTS = ("base2new_train.sh", "base2new_test.sh", "xd_train.sh", "xd_t
 DPL_CFG = "vit_b16_c2_ep20_batch4_4+4ctx"
 
 
-def run_script(script, *args, env=None, cwd=None):
-    return subprocess.run(["bash", str(SCRIPTS / script), *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=cwd)
+@pytest.fixture
+def env(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    return script_env(data, tmp_path / "out")
 
 
 @pytest.fixture
-def stub_env(tmp_path):
-    """DATA, OUTPUT and a PYTHON that records train.py calls (one line each) and runs parse_results for real."""
-    data = tmp_path / "data"
-    data.mkdir()
-    calls = tmp_path / "calls.txt"
-    stub = tmp_path / "python"
-    stub.write_text(
-        "#!/usr/bin/env bash\n"
-        'if [[ $1 == */train.py ]]; then printf "%q " "$@" >> "$CALLS"; echo >> "$CALLS"; exit 0; fi\n'
-        f'exec {shlex.quote(sys.executable)} "$@"\n'
-    )
-    stub.chmod(0o755)
-    env = {**os.environ, "DATA": str(data), "OUTPUT": str(tmp_path / "out"), "PYTHON": str(stub),
-           "CALLS": str(calls)}
-    for key in ("CFG", "LOADEP", "SOURCE", "DPL_PLAN"):
-        env.pop(key, None)
-    return env
+def recorded(monkeypatch):
+    """train.py's ``cli`` replaced by a recorder of its argv (the steps run in this process)."""
+    calls = []
+
+    def record(argv):
+        calls.append(list(argv))
+        return 0
+
+    monkeypatch.setattr(dpl.tools.train, "cli", record)
+    return calls
 
 
-def recorded_calls(env):
-    path = Path(env["CALLS"])
-    return [shlex.split(line) for line in path.read_text().splitlines()] if path.exists() else []
+def step(script, *args, env):
+    """Run ``scripts/<script> ARGS`` in this process (as ``python -m dpl.protocols`` does); its exit code."""
+    method, name = script.split("/")
+    step_name = re.search(r"^(\w+) \"\$@\"$", (SCRIPTS / script).read_text(), re.M).group(1)
+    argv = [str(SCRIPTS / method), script, step_name, *map(str, args)]
+    old = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        return protocol_cli.main(argv)
+    finally:
+        os.environ.clear()
+        os.environ.update(old)
 
 
 def option(argv, flag):
@@ -67,7 +76,7 @@ def trailing_opts(argv):
 
 
 def finish_run(run_dir, accuracy=50.0, epochs=(1,), model="prompt_learner"):
-    """A finished training run as the engine leaves it: checkpoints + results.json."""
+    """A finished training run of older code (no run identity): checkpoints + results.json."""
     (run_dir / model).mkdir(parents=True, exist_ok=True)
     for epoch in epochs:
         (run_dir / model / f"model.pth.tar-{epoch}").write_bytes(b"")
@@ -75,7 +84,7 @@ def finish_run(run_dir, accuracy=50.0, epochs=(1,), model="prompt_learner"):
 
 
 # ---------------------------------------------------------------------------------------------
-# Fast: shell logic with a recording interpreter
+# Fast: the steps in this process, train.py recorded
 # ---------------------------------------------------------------------------------------------
 
 
@@ -88,80 +97,101 @@ def test_every_method_config_exists():
             assert (REPO / "configs" / "trainers" / trainer / f"{name}.yaml").is_file(), (method, name)
 
 
-def test_base2new_train_command_line(stub_env, tmp_path):
-    proc = run_script("dpl/base2new_train.sh", "dtd", 1, "MODEL.BACKBONE.PATH", "tiny.pt", "OPTIM.MAX_EPOCH", 1,
-                      env=stub_env, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    (argv,) = recorded_calls(stub_env)
-    assert argv[0] == str(REPO / "train.py")
-    assert option(argv, "--root") == stub_env["DATA"]
+def test_base2new_train_command_line(env, recorded):
+    assert step("dpl/base2new_train.sh", "dtd", 1, "OPTIM.MAX_EPOCH", 20, "DATALOADER.NUM_WORKERS", 2, env=env) == 0
+    (argv,) = recorded
+    assert option(argv, "--root") == env["DATA"]
     assert option(argv, "--seed") == "1"
     assert option(argv, "--trainer") == "DropoutPrompt"
     assert option(argv, "--dataset-config-file") == str(REPO / "configs" / "datasets" / "dtd.yaml")
     assert option(argv, "--config-file") == str(REPO / "configs" / "trainers" / "DropoutPrompt" / f"{DPL_CFG}.yaml")
+    # the overrides change nothing of the experiment (20 epochs is the config's; workers are not part of it):
+    # the upstream layout, exactly
     assert option(argv, "--output-dir") == (
-        f"{stub_env['OUTPUT']}/base2new/train_base/dtd/shots_16/DropoutPrompt/{DPL_CFG}/seed1")
+        f"{env['OUTPUT']}/base2new/train_base/dtd/shots_16/DropoutPrompt/{DPL_CFG}/seed1")
     # the user's opts come last, so they override the script's own
     assert trailing_opts(argv) == ["DATASET.NUM_SHOTS", "16", "DATASET.SUBSAMPLE_CLASSES", "base",
-                                   "MODEL.BACKBONE.PATH", "tiny.pt", "OPTIM.MAX_EPOCH", "1"]
+                                   "OPTIM.MAX_EPOCH", "20", "DATALOADER.NUM_WORKERS", "2"]
 
 
-def test_coop_uses_cocoop_protocol_configs(stub_env):
+def test_overrides_that_change_the_experiment_get_their_own_folder(env, recorded):
+    base = f"{env['OUTPUT']}/base2new/train_base/dtd"
+    cases = [
+        (["TRAINER.DPL.IMPORTANCE", "uniform"], f"{base}/shots_16/DropoutPrompt/{DPL_CFG}@IMPORTANCE=uniform/seed1"),
+        # sorted by key, whatever the order on the command line; an integer for a float key is that float
+        (["TRAINER.DPL.RES_WEIGHT", "0", "TRAINER.DPL.PERTURBATION", "zero"],
+         f"{base}/shots_16/DropoutPrompt/{DPL_CFG}@PERTURBATION=zero,RES_WEIGHT=0.0/seed1"),
+        (["DATASET.NUM_SHOTS", "4"], f"{base}/shots_4/DropoutPrompt/{DPL_CFG}/seed1"),
+        (["DATASET.NUM_SHOTS", "4", "OPTIM.LR", "0.01"], f"{base}/shots_4/DropoutPrompt/{DPL_CFG}@LR=0.01/seed1"),
+    ]
+    for opts, run_dir in cases:
+        assert step("dpl/base2new_train.sh", "dtd", 1, *opts, env=env) == 0
+        assert option(recorded[-1], "--output-dir") == run_dir, opts
+    assert step("dpl/base2new_train.sh", "dtd", 1, "TRAINER.DPL.IMPORTANCE", "uniform",
+                env={**env, "TAG": "vanilla"}) == 0
+    assert option(recorded[-1], "--output-dir") == f"{base}/shots_16/DropoutPrompt/{DPL_CFG}@vanilla/seed1"
+    # the test script finds its training folder by the same rule
+    finish_run(Path(f"{base}/shots_16/DropoutPrompt/{DPL_CFG}@IMPORTANCE=uniform/seed1"), model="VLPromptLearner")
+    assert step("dpl/base2new_test.sh", "dtd", 1, "TRAINER.DPL.IMPORTANCE", "uniform", env=env) == 0
+    assert option(recorded[-1], "--model-dir") == f"{base}/shots_16/DropoutPrompt/{DPL_CFG}@IMPORTANCE=uniform/seed1"
+    assert option(recorded[-1], "--output-dir") == (
+        f"{env['OUTPUT']}/base2new/test_new/dtd/shots_16/DropoutPrompt/{DPL_CFG}@IMPORTANCE=uniform/seed1")
+
+
+def test_coop_uses_cocoop_protocol_configs(env, recorded):
     for dataset, cfg in (("dtd", "vit_b16_ctxv1"), ("imagenet", "vit_b16_ep50_ctxv1")):
-        assert run_script("coop/base2new_train.sh", dataset, 2, env=stub_env).returncode == 0
-        assert option(recorded_calls(stub_env)[-1], "--config-file").endswith(f"/CoOp/{cfg}.yaml")
-    assert run_script("coop/base2new_train.sh", "dtd", 2, env={**stub_env, "CFG": "vit_b16_ep50"}).returncode == 0
-    assert "/base2new/train_base/dtd/shots_16/CoOp/vit_b16_ep50/seed2" in option(recorded_calls(stub_env)[-1],
-                                                                                  "--output-dir")
+        assert step("coop/base2new_train.sh", dataset, 2, env=env) == 0
+        assert option(recorded[-1], "--config-file").endswith(f"/CoOp/{cfg}.yaml")
+    assert step("coop/base2new_train.sh", "dtd", 2, env={**env, "CFG": "vit_b16_ep50"}) == 0
+    assert "/base2new/train_base/dtd/shots_16/CoOp/vit_b16_ep50/seed2" in option(recorded[-1], "--output-dir")
 
 
-def test_test_script_loads_final_checkpoint_or_loadep(stub_env):
-    out = Path(stub_env["OUTPUT"])
+def test_test_script_loads_final_checkpoint_or_loadep(env, recorded, capsys):
+    out = Path(env["OUTPUT"])
     train_dir = out / f"base2new/train_base/dtd/shots_16/DropoutPrompt/{DPL_CFG}/seed1"
     finish_run(train_dir, epochs=(1, 3, 10), model="VLPromptLearner")
-    assert run_script("dpl/base2new_test.sh", "dtd", 1, "OPTIM.MAX_EPOCH", 1, env=stub_env).returncode == 0
-    argv = recorded_calls(stub_env)[-1]
+    assert step("dpl/base2new_test.sh", "dtd", 1, "DATALOADER.NUM_WORKERS", 1, env=env) == 0
+    argv = recorded[-1]
     assert "--eval-only" in argv
     assert option(argv, "--model-dir") == str(train_dir)
     assert option(argv, "--load-epoch") == "10"
     assert option(argv, "--output-dir") == str(out / f"base2new/test_new/dtd/shots_16/DropoutPrompt/{DPL_CFG}/seed1")
     assert trailing_opts(argv) == ["DATASET.NUM_SHOTS", "16", "DATASET.SUBSAMPLE_CLASSES", "new",
-                                   "OPTIM.MAX_EPOCH", "1"]
-    assert run_script("dpl/base2new_test.sh", "dtd", 1, env={**stub_env, "LOADEP": "3"}).returncode == 0
-    assert option(recorded_calls(stub_env)[-1], "--load-epoch") == "3"
+                                   "DATALOADER.NUM_WORKERS", "1"]
+    assert "records no run identity" in capsys.readouterr().out  # a folder of older code, judged as before
+    assert step("dpl/base2new_test.sh", "dtd", 1, env={**env, "LOADEP": "3"}) == 0
+    assert option(recorded[-1], "--load-epoch") == "3"
 
 
-def test_test_script_refuses_unfinished_training(stub_env):
-    proc = run_script("dpl/base2new_test.sh", "dtd", 1, env=stub_env)
-    assert proc.returncode == 1
-    assert "is not finished: run its training script first" in proc.stderr
-    assert recorded_calls(stub_env) == []
+def test_test_script_refuses_unfinished_training(env, recorded, capsys):
+    assert step("dpl/base2new_test.sh", "dtd", 1, env=env) == 1
+    assert "is not finished: run its training script first" in capsys.readouterr().err
+    assert recorded == []
 
 
-def test_finished_run_skipped_unfinished_resumed(stub_env):
-    out = Path(stub_env["OUTPUT"])
+def test_finished_run_skipped_and_a_failed_start_is_not_resumed(env, recorded, capsys):
+    out = Path(env["OUTPUT"])
     run = out / f"base2new/train_base/dtd/shots_16/DropoutPrompt/{DPL_CFG}/seed1"
     run.mkdir(parents=True)
-    (run / "log.txt").write_text("epoch [1/20] batch [1/4] ...\n")  # killed mid-training
-    proc = run_script("dpl/base2new_train.sh", "dtd", 1, env=stub_env)
-    assert proc.returncode == 0 and proc.stdout.startswith(f"Resuming the unfinished run in {run}")
-    assert len(recorded_calls(stub_env)) == 1
-    finish_run(run, accuracy=61.25)
-    proc = run_script("dpl/base2new_train.sh", "dtd", 1, env=stub_env)
-    assert proc.returncode == 0 and proc.stdout.startswith(f"Skip: the run in {run} is finished")
-    assert "accuracy 61.25%" in proc.stdout
-    assert len(recorded_calls(stub_env)) == 1  # train.py not started again
+    (run / "log.txt").write_text("Config error: ...\n")  # a run that stopped before its first checkpoint
+    assert step("dpl/base2new_train.sh", "dtd", 1, env=env) == 0
+    assert "Resuming" not in capsys.readouterr().out  # nothing to resume: a fresh start
+    assert len(recorded) == 1
+    finish_run(run, accuracy=61.25, model="VLPromptLearner")
+    assert step("dpl/base2new_train.sh", "dtd", 1, env=env) == 0
+    printed = capsys.readouterr().out
+    assert f"Skip: the run in {run} is finished" in printed and "accuracy 61.25%" in printed
+    assert len(recorded) == 1  # train.py not started again
 
 
-def test_data_unset_or_missing_is_a_clear_error(stub_env):
-    env = {k: v for k, v in stub_env.items() if k != "DATA"}
-    proc = run_script("coop/base2new_train.sh", "dtd", 1, env=env)
+def test_data_unset_or_missing_is_a_clear_error(env):
+    without_data = {k: v for k, v in env.items() if k != "DATA"}
+    proc = run_script("coop/base2new_train.sh", "dtd", 1, env=without_data)
     assert proc.returncode == 1
     assert proc.stderr.strip() == ("coop/base2new_train.sh: DATA is not set: export DATA=/path/to/datasets "
                                    "(the folder holding dtd/, eurosat/, ...)")
-    proc = run_script("coop/base2new_train.sh", "dtd", 1, env={**stub_env, "DATA": "/nonexistent/data"})
+    proc = run_script("coop/base2new_train.sh", "dtd", 1, env={**env, "DATA": "/nonexistent/data"})
     assert proc.returncode == 1 and "DATA=/nonexistent/data is not a directory" in proc.stderr
-    assert recorded_calls(stub_env) == []
 
 
 @pytest.mark.parametrize("args, message", [
@@ -170,35 +200,53 @@ def test_data_unset_or_missing_is_a_clear_error(stub_env):
     (["dtd", "1", "OPTIM.MAX_EPOCH"], "extra arguments must be KEY VALUE pairs for train.py (got: OPTIM.MAX_EPOCH)"),
     (["no_such_set", "1"], "unknown dataset 'no_such_set'"),
 ])
-def test_usage_errors(stub_env, args, message):
-    proc = run_script("kgcoop/base2new_train.sh", *args, env=stub_env)
-    assert proc.returncode == 1 and message in proc.stderr
+def test_usage_errors(env, recorded, capsys, args, message):
+    assert step("kgcoop/base2new_train.sh", *args, env=env) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("kgcoop/base2new_train.sh: ") and message in err and err.count("\n") == 1
+    assert recorded == []
 
 
-def plan(script, *args, env):
-    proc = run_script(script, *args, env={**env, "DPL_PLAN": "1"})
-    assert proc.returncode == 0, proc.stderr
-    return [line.split(" ", 1) for line in proc.stdout.splitlines()]
+def test_config_errors_of_overrides_are_one_line_before_anything_runs(env, recorded, capsys):
+    assert step("dpl/base2new_train.sh", "dtd", 1, "OPTIM.LRR", "1", env=env) == 2
+    assert capsys.readouterr().err == "Config error: Non-existent key: OPTIM.LRR\n"
+    assert step("dpl/base2new_train.sh", "dtd", 1, "TRAINER.PROMPTSRC.N_CTX_TEXT", "2", env=env) == 2
+    assert "DropoutPrompt reads TRAINER.DPL, not TRAINER.PROMPTSRC" in capsys.readouterr().err
+    assert recorded == []
 
 
-def test_layouts_of_every_protocol(stub_env):
-    o = stub_env["OUTPUT"]
+def plan(script, *args, env, capsys):
+    assert step(script, *args, env={**env, "DPL_PLAN": "1"}) == 0
+    return [line.split(" ", 1) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_layouts_of_every_protocol(env, capsys):
+    o = env["OUTPUT"]
     src = "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets"
-    assert plan("promptsrc/xd_train.sh", 2, env=stub_env) == [["train", f"{o}/imagenet/PromptSRC/{src}_16shots/seed2"]]
-    assert plan("promptsrc/xd_test.sh", "imagenet_a", 2, env=stub_env) == [
+
+    def planned(script, *args):
+        return plan(script, *args, env=env, capsys=capsys)
+
+    assert planned("promptsrc/xd_train.sh", 2) == [["train", f"{o}/imagenet/PromptSRC/{src}_16shots/seed2"]]
+    assert planned("promptsrc/xd_test.sh", "imagenet_a", 2) == [
         ["test", f"{o}/evaluation/PromptSRC/{src}_16shots/imagenet_a/seed2"]]
-    assert plan("promptsrc/few_shot.sh", "dtd", 4, 3, env=stub_env) == [
+    assert planned("promptsrc/few_shot.sh", "dtd", 4, 3) == [
         ["train", f"{o}/few_shot/dtd/PromptSRC/vit_b16_c2_ep50_batch4_4+4ctx_few_shot_4shots/seed3"]]
-    assert plan("ivlp/long_tail.sh", "dtd", 1, env=stub_env) == [
+    assert planned("ivlp/long_tail.sh", "dtd", 1) == [
         ["train", f"{o}/long_tail/imb10/train_base/dtd/shots_10000/IVLP/{DPL_CFG}/seed1"]]
-    assert plan("ivlp/long_tail_test.sh", "dtd", 1, "5", env=stub_env) == [
+    assert planned("ivlp/long_tail_test.sh", "dtd", 1, "5") == [
         ["test", f"{o}/long_tail/imb5/test_new/dtd/shots_10000/IVLP/{DPL_CFG}/seed1"]]
-    assert plan("zsclip/zeroshot.sh", "eurosat", env=stub_env) == [["test", f"{o}/ZeroshotCLIP/vit_b16/eurosat"]]
-    assert plan("zsclip/base2new_test.sh", "dtd", env=stub_env) == [
+    assert planned("zsclip/zeroshot.sh", "eurosat") == [["test", f"{o}/ZeroshotCLIP/vit_b16/eurosat"]]
+    assert planned("zsclip/base2new_test.sh", "dtd") == [
         ["test", f"{o}/base2new/train_base/dtd/shots_16/ZeroshotCLIP/vit_b16/seed1"],
         ["test", f"{o}/base2new/test_new/dtd/shots_16/ZeroshotCLIP/vit_b16/seed1"]]
-    assert plan("zsclip/xd_test.sh", "imagenet", env=stub_env) == [
+    assert planned("zsclip/xd_test.sh", "imagenet") == [
         ["test", f"{o}/evaluation/ZeroshotCLIP/vit_b16/imagenet/seed1"]]
+    # variants go on the config folder, shots into the shots part, in every layout
+    assert planned("promptsrc/few_shot.sh", "dtd", 4, 3, "OPTIM.LR", "0.1") == [
+        ["train", f"{o}/few_shot/dtd/PromptSRC/vit_b16_c2_ep50_batch4_4+4ctx_few_shot_4shots@LR=0.1/seed3"]]
+    assert planned("promptsrc/xd_test.sh", "imagenet_a", 2, "DATASET.NUM_SHOTS", "8") == [
+        ["test", f"{o}/evaluation/PromptSRC/{src}_8shots/imagenet_a/seed2"]]
 
 
 def test_every_trainer_script_exists_and_plans():
@@ -209,86 +257,111 @@ def test_every_trainer_script_exists_and_plans():
         assert (SCRIPTS / "zsclip" / script).is_file()
 
 
-def test_long_tail_passes_ratio_and_shots(stub_env):
-    assert run_script("coop/long_tail.sh", "dtd", 1, "20", "OPTIM.MAX_EPOCH", 1, env=stub_env).returncode == 0
-    argv = recorded_calls(stub_env)[-1]
+def test_long_tail_passes_ratio_and_shots(env, recorded, capsys):
+    assert step("coop/long_tail.sh", "dtd", 1, "20", "DATALOADER.NUM_WORKERS", 1, env=env) == 0
+    argv = recorded[-1]
     opts = trailing_opts(argv)
     # yacs keeps the float type of the default: the integer ratio is passed as 20.0
     assert opts[:8] == ["DATASET.NUM_SHOTS", "10000", "DATASET.SUBSAMPLE_CLASSES", "base",
                         "DATASET.IMBALANCE_RATIO", "20.0", "TEST.PER_CLASS_RESULT", "True"]
-    assert opts[-2:] == ["OPTIM.MAX_EPOCH", "1"]
+    assert opts[-2:] == ["DATALOADER.NUM_WORKERS", "1"]
     assert "/long_tail/imb20/train_base/dtd/shots_10000/CoOp/" in option(argv, "--output-dir")
-    assert plan("coop/long_tail.sh", "dtd", 1, "20.0", env=stub_env) == plan("coop/long_tail.sh", "dtd", 1, "20",
-                                                                            env=stub_env)
+    assert plan("coop/long_tail.sh", "dtd", 1, "20.0", env=env, capsys=capsys) == plan(
+        "coop/long_tail.sh", "dtd", 1, "20", env=env, capsys=capsys)
 
 
-def test_xd_test_uses_full_test_set_of_target(stub_env):
-    out = Path(stub_env["OUTPUT"])
+def test_xd_test_uses_full_test_set_of_target(env, recorded):
+    out = Path(env["OUTPUT"])
     finish_run(out / "imagenet/CoOp/vit_b16_ep50_ctxv1_16shots/seed1", epochs=(50,))
-    assert run_script("coop/xd_test.sh", "caltech101", 1, env=stub_env).returncode == 0
-    argv = recorded_calls(stub_env)[-1]
+    assert step("coop/xd_test.sh", "caltech101", 1, env=env) == 0
+    argv = recorded[-1]
     assert trailing_opts(argv) == []  # no NUM_SHOTS, no SUBSAMPLE_CLASSES: all classes, full test set
     assert option(argv, "--load-epoch") == "50"
 
 
-def test_run_protocol_dry_run_plan(stub_env):
-    out = Path(stub_env["OUTPUT"])
-    finish_run(out / f"base2new/train_base/dtd/shots_16/DropoutPrompt/{DPL_CFG}/seed1")
+def test_scripts_run_on_the_checkouts_python_from_an_empty_environment(tmp_path):
+    """After `make test`, a fresh shell with nothing activated (and PYTHON set for something else) works."""
+    if not (REPO / ".venv" / "bin" / "python").exists():
+        pytest.skip("no .venv in this checkout (make test creates it)")
+    env = {"HOME": os.environ.get("HOME", str(tmp_path)), "PATH": "/usr/bin:/bin", "DPL_PLAN": "1",
+           "OUTPUT": str(tmp_path / "out"), "PYTHON": "/usr/bin/false"}
+    proc = subprocess.run(["bash", str(SCRIPTS / "dpl" / "base2new_train.sh"), "dtd", "1"], env=env, cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"train {tmp_path}/out/base2new/train_base/dtd/shots_16/DropoutPrompt/{DPL_CFG}/seed1\n"
+
+
+def test_a_python_without_the_requirements_is_one_line(tmp_path):
+    """The interpreter fallback (no .venv): a Python that cannot import the project says what to do."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    for name in ("_common.sh", "_python.sh"):
+        (repo / "scripts" / name).write_text((SCRIPTS / name).read_text())
+    (repo / "scripts" / "dpl").mkdir()
+    for name in ("method.sh", "base2new_train.sh"):
+        (repo / "scripts" / "dpl" / name).write_text((SCRIPTS / "dpl" / name).read_text())
+    (repo / "dpl" / "protocols").mkdir(parents=True)
+    for name in ("__init__.py", "protocols/__init__.py", "protocols/__main__.py"):
+        (repo / "dpl" / name).write_text((REPO / "dpl" / name).read_text())
+    (repo / "dpl" / "protocols" / "cli.py").write_text("import yacs_is_not_installed_here\n")
+    env = {"HOME": str(tmp_path), "PATH": "/usr/bin:/bin", "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(repo / "scripts" / "dpl" / "base2new_train.sh"), "dtd", "1"], env=env,
+                          capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stderr == (f"dpl/base2new_train.sh: {sys.executable} cannot import yacs_is_not_installed_here: run "
+                           "`make test` once in the checkout (it creates .venv, which the scripts use) or set PYTHON "
+                           "to an interpreter where `pip install -e .` was run\n")
+
+
+def test_run_protocol_dry_run_plan(env):
+    out = Path(env["OUTPUT"])
+    finish_run(out / f"base2new/train_base/dtd/shots_16/DropoutPrompt/{DPL_CFG}/seed1", model="VLPromptLearner")
     proc = subprocess.run(
-        [sys.executable, str(SCRIPTS / "run_protocol.py"), "base2new", "--methods", "dpl", "zsclip",
-         "--datasets", "dtd", "--seeds", "1", "2", "--dry-run", "--", "OPTIM.MAX_EPOCH", "1"],
-        capture_output=True, text=True, env=stub_env)
+        [sys.executable, str(SCRIPTS / "run_protocol.py"), "base2new", "--methods", "dpl", "coop", "zsclip",
+         "--datasets", "dtd", "--seeds", "1", "2", "--dry-run", "--", "DATALOADER.NUM_WORKERS", "1",
+         "TRAINER.DPL.IMPORTANCE", "full"],
+        capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert lines[0].startswith("Plan: 5 jobs, 1 done, 4 to run")
+    assert lines[0].startswith("Plan: 9 jobs, 1 done, 8 to run")
+    # TRAINER.DPL keys go to the methods that read TRAINER.DPL only
     assert lines[1:] == [
-        "  [  done] bash scripts/dpl/base2new_train.sh dtd 1",
-        "  [  todo] bash scripts/dpl/base2new_test.sh dtd 1 OPTIM.MAX_EPOCH 1",
-        "  [  todo] bash scripts/dpl/base2new_train.sh dtd 2 OPTIM.MAX_EPOCH 1",
-        "  [  todo] bash scripts/dpl/base2new_test.sh dtd 2 OPTIM.MAX_EPOCH 1",
-        "  [  todo] bash scripts/zsclip/base2new_test.sh dtd 1 OPTIM.MAX_EPOCH 1",
+        "  [    done] bash scripts/dpl/base2new_train.sh dtd 1",
+        "  [    todo] bash scripts/dpl/base2new_test.sh dtd 1 DATALOADER.NUM_WORKERS 1 TRAINER.DPL.IMPORTANCE full",
+        "  [    todo] bash scripts/dpl/base2new_train.sh dtd 2 DATALOADER.NUM_WORKERS 1 TRAINER.DPL.IMPORTANCE full",
+        "  [    todo] bash scripts/dpl/base2new_test.sh dtd 2 DATALOADER.NUM_WORKERS 1 TRAINER.DPL.IMPORTANCE full",
+        "  [    todo] bash scripts/coop/base2new_train.sh dtd 1 DATALOADER.NUM_WORKERS 1",
+        "  [    todo] bash scripts/coop/base2new_test.sh dtd 1 DATALOADER.NUM_WORKERS 1",
+        "  [    todo] bash scripts/coop/base2new_train.sh dtd 2 DATALOADER.NUM_WORKERS 1",
+        "  [    todo] bash scripts/coop/base2new_test.sh dtd 2 DATALOADER.NUM_WORKERS 1",
+        "  [    todo] bash scripts/zsclip/base2new_test.sh dtd 1 DATALOADER.NUM_WORKERS 1",
     ]
-    assert recorded_calls(stub_env) == []
-
-
-def test_run_protocol_runs_jobs_in_order(stub_env):
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPTS / "run_protocol.py"), "fewshot", "--methods", "coop", "--datasets", "dtd",
-         "--shots", "1", "2", "--seeds", "1", "--", "OPTIM.MAX_EPOCH", "1"],
-        capture_output=True, text=True, env=stub_env)
-    assert proc.returncode == 0, proc.stderr
-    calls = recorded_calls(stub_env)
-    assert [option(c, "--output-dir").split("/")[-2] for c in calls] == [
-        "vit_b16_ep50_ctxv1_1shots", "vit_b16_ep50_ctxv1_2shots"]
-    assert all(trailing_opts(c)[-2:] == ["OPTIM.MAX_EPOCH", "1"] for c in calls)
 
 
 # ---------------------------------------------------------------------------------------------
-# End to end: real train.py, synthetic DTD, tiny CLIP
+# End to end: real scripts and train.py, synthetic DTD, tiny CLIP
 # ---------------------------------------------------------------------------------------------
 
-TINY_OPTS = ["INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0", "OPTIM.MAX_EPOCH", "1",
-             "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "DATALOADER.TEST.BATCH_SIZE", "16", "TRAIN.PRINT_FREQ", "1"]
 E2E_METHODS = {"dpl": ("DropoutPrompt", DPL_CFG), "coop": ("CoOp", "vit_b16_ctxv1")}
 
 
 @pytest.fixture(scope="module")
 def e2e(tmp_path_factory, tiny_clip_path):
     """base2new_train + base2new_test of DropoutPrompt and CoOp on a synthetic DTD, run from a foreign cwd."""
-    from tests.datagen import make_dataset
+    from datagen import make_dataset
 
     root = tmp_path_factory.mktemp("e2e")
     make_dataset(root / "data", "dtd", n_classes=4, per_class=8)
     elsewhere = root / "elsewhere"
     elsewhere.mkdir()
-    env = {**os.environ, "DATA": str(root / "data"), "OUTPUT": str(root / "out"), "PYTHON": sys.executable}
-    opts = ["MODEL.BACKBONE.PATH", str(tiny_clip_path), *TINY_OPTS]
-    procs = {}
-    for method in E2E_METHODS:
-        for step in ("base2new_train.sh", "base2new_test.sh"):
-            procs[method, step] = proc = run_script(f"{method}/{step}", "dtd", 1, *opts, env=env, cwd=elsewhere)
-            assert proc.returncode == 0, f"{method}/{step}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return {"root": root, "env": env, "opts": opts, "procs": procs}
+    procs, envs = {}, {}
+    for method, (trainer, cfg) in E2E_METHODS.items():
+        envs[method] = script_env(root / "data", root / "out",
+                                  CFG=tiny_config(root / "configs" / method, trainer, cfg, tiny_clip_path))
+        for script in ("base2new_train.sh", "base2new_test.sh"):
+            procs[method, script] = proc = run_script(f"{method}/{script}", "dtd", 1, env=envs[method], cwd=elsewhere)
+            assert proc.returncode == 0, f"{method}/{script}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return {"root": root, "envs": envs, "procs": procs}
 
 
 def test_e2e_runs_write_upstream_layout(e2e):
@@ -296,11 +369,12 @@ def test_e2e_runs_write_upstream_layout(e2e):
     for trainer, cfg in E2E_METHODS.values():
         for part in ("train_base", "test_new"):
             run = out / part / "dtd" / "shots_16" / trainer / cfg / "seed1"
-            result = parse_results.parse_run(run)
+            result = parse_results.parse_run(str(run))
             assert result.ok and result.source == str(run / "results.json"), result.problem
             assert (run / "log.txt").is_file()
         train = out / "train_base" / "dtd" / "shots_16" / trainer / cfg / "seed1"
-        assert list(train.glob("*/model.pth.tar-1"))  # OPTIM.MAX_EPOCH 1 passed through
+        assert list(train.glob("*/model.pth.tar-1"))  # the config's one epoch
+        assert not list(train.glob("*/model-last.pth.tar"))  # superseded by the final checkpoint
         assert "Finish training" in (train / "log.txt").read_text()
     assert not (e2e["root"] / "elsewhere" / "output").exists()  # nothing written relative to the cwd
 
@@ -325,8 +399,8 @@ def test_e2e_table_has_the_right_hm(e2e):
 
 
 def test_e2e_finished_run_is_skipped(e2e):
-    proc = run_script("dpl/base2new_train.sh", "dtd", 1, *e2e["opts"], env=e2e["env"])
+    proc = run_script("dpl/base2new_train.sh", "dtd", 1, env=e2e["envs"]["dpl"])
     assert proc.returncode == 0
     assert proc.stdout.startswith("Skip: the run in ") and "is finished" in proc.stdout
-    proc = run_script("coop/base2new_test.sh", "dtd", 1, *e2e["opts"], env=e2e["env"])
+    proc = run_script("coop/base2new_test.sh", "dtd", 1, env=e2e["envs"]["coop"])
     assert proc.returncode == 0 and proc.stdout.startswith("Skip: the evaluation in ")
