@@ -13,6 +13,7 @@ from pathlib import Path
 import yaml
 
 from dpl.project import PROJECT_ROOT
+from dpl.utils import close_logger
 
 SCRIPTS = PROJECT_ROOT / "scripts"
 
@@ -58,3 +59,22 @@ def run_script(script, *args, env, cwd=None):
     """``bash scripts/<script> ARGS``; returns the CompletedProcess (text output)."""
     return subprocess.run(["bash", str(SCRIPTS / script), *map(str, args)], capture_output=True, text=True,
                           env=env, cwd=cwd)
+
+
+def run_cli_output(argv, capsys):
+    """``train.py argv`` in this process: ``(exit code, stdout, stderr)``; its log file is closed after it."""
+    import dpl.tools.train
+
+    capsys.readouterr()
+    try:
+        code = dpl.tools.train.cli(argv)
+    finally:
+        close_logger()
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def run_cli(argv, capsys):
+    """``(exit code, stderr)`` of ``train.py argv`` run in this process."""
+    code, _, err = run_cli_output(argv, capsys)
+    return code, err

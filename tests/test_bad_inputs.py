@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from datagen import make_dataset
+from helpers import run_cli
 from dpl.project import PROJECT_ROOT
-from dpl.utils import close_logger
 
 import parse_results  # the repo root is on sys.path: tests/conftest.py
 import dpl.tools.train as TRAIN
@@ -44,16 +44,6 @@ def argv_for(root, out, weights, *opts, trainer="CoOp", flags=()):
         "MODEL.BACKBONE.PATH", str(weights), "INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0",
         "USE_CUDA", "False", "OPTIM.MAX_EPOCH", "1", *opts,
     ]
-
-
-def run_cli(argv, capsys):
-    """(exit code, stderr) of ``train.py argv``."""
-    capsys.readouterr()
-    try:
-        code = TRAIN.cli(argv)
-    finally:
-        close_logger()
-    return code, capsys.readouterr().err
 
 
 def assert_one_line(err, prefix, *fragments):
@@ -443,12 +433,28 @@ DOC_QUOTES = [
     "(another trainer?)", "the model directory", "was saved by trainer", "(with its config) or a model dir of a",
     "it is truncated or not a checkpoint", "is not finished: run its training script first",
     "is unreadable or holds no final", "run(s) without a result (--strict)", "-shot accuracy:",
+    # run identity, interruptions, the scripts' Python
+    "of another experiment: it is run ", "It is never reused for another experiment: ",
+    "set TAG=<name> to give this run its own folder", "records no run identity (written before runs recorded one)",
+    "Resuming the unfinished run in ", "delete the folder to run it again", "Resuming in epoch ",
+    "Interrupted by ", "; run the same command again to continue", "no checkpoint of it was written yet",
+    "cannot be a trailing option of a protocol script", "interrupted before any run started",
+    "cannot import ", "creates .venv, which the scripts use", "is not an executable file: point it at an",
+    # write failures and the umask
+    "Cannot write ", "nothing was written", "create the run lock", "log lines from here on are only on "
+    "the console", "Could not save the few-shot sample to ", "make room and run the same command again to continue",
+    # config hygiene
+    " would be ignored; ", " has no such setting", " learns no prompts: ",
+    # images
+    "images cannot be read, e.g.", "and replace them from the original dataset archive",
+    "images: all readable", "UNREADABLE IMAGES", "complete, all images readable",
 ]
 
 
 def test_troubleshooting_page_quotes_current_messages():
     doc = (PROJECT_ROOT / "docs" / "TROUBLESHOOTING.md").read_text()
-    sources = [PROJECT_ROOT / "train.py", PROJECT_ROOT / "parse_results.py", PROJECT_ROOT / "scripts" / "_common.sh",
+    sources = [PROJECT_ROOT / "train.py", PROJECT_ROOT / "parse_results.py", *(PROJECT_ROOT / "scripts").glob("*.sh"),
+               PROJECT_ROOT / "scripts" / "run_protocol.py",
                *(PROJECT_ROOT / "dpl").rglob("*.py"), *(PROJECT_ROOT / "trainers").glob("*.py")]
     code = "\n".join(path.read_text() for path in sources)
     for quote in DOC_QUOTES:

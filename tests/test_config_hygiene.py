@@ -8,10 +8,10 @@ from dpl.config.node import int_as_float
 from dpl.engine import TRAINER_REGISTRY, TrainerX, extend_cfg_for_all_trainers
 from dpl.engine.build import check_trainer_nodes
 from dpl.project import PROJECT_ROOT
-from dpl.utils import close_logger
 
 import train  # the repo root is on sys.path: tests/conftest.py
 from test_trainer_base import run_train
+from helpers import run_cli
 
 COOP_CTXV1 = str(PROJECT_ROOT / "configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml")
 PROMPTSRC_UPSTREAM = str(PROJECT_ROOT / "configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml")
@@ -34,16 +34,6 @@ def setup(argv):
 def write_yaml(path, text):
     path.write_text(text)
     return str(path)
-
-
-def run_cli(argv, capsys):
-    """(exit code, stderr) of ``train.py argv``."""
-    capsys.readouterr()
-    try:
-        code = train.cli(argv)
-    finally:
-        close_logger()
-    return code, capsys.readouterr().err
 
 
 # ----- float keys take integers -------------------------------------------------------------------

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from datagen import make_dataset
+from helpers import run_cli
 from dpl.clip import weights
 from dpl.data.datasets.fewshot_cache import write_portable_cache
 from dpl.data.datasets.splits import save_split
@@ -367,15 +368,6 @@ def argv_for(root, out, weights_path):
         "MODEL.BACKBONE.PATH", str(weights_path), "INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0",
         "USE_CUDA", "False", "OPTIM.MAX_EPOCH", "1",
     ]
-
-
-def run_cli(argv, capsys):
-    capsys.readouterr()
-    try:
-        code = TRAIN.cli(argv)
-    finally:
-        close_logger()
-    return code, capsys.readouterr().err
 
 
 @pytest.fixture
