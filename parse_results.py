@@ -31,7 +31,9 @@ Layouts read by the tables (what the scripts under ``scripts/`` write)::
     fewshot              ROOT/<dataset>/<Trainer>/<cfg>_<K>shots/seed<S>
 
 ``python parse_results.py --run-status RUN_DIR`` prints where a run's result is (exit 0) or why
-there is none (exit 3); the scripts use it to skip finished runs.
+there is none (exit 3). Config folders named ``<cfg>@<variant>`` (a run whose options changed the
+experiment, or a ``TAG``) and base-to-novel runs with other than 16 shots are rows of their own:
+``DropoutPrompt [IMPORTANCE=uniform]``, ``CoOp [shots_4]``.
 """
 import argparse
 import csv
@@ -46,11 +48,11 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from dpl.results.layout import (BASE2NEW_DATASETS, DG_TARGETS, EVALUATION_DIR, XD_TARGETS,  # noqa: E402,F401
-                                split_config_folder, split_shots_tag)
-from dpl.results.logs import TEST_END_SIGNAL, TRAIN_END_SIGNALS  # noqa: E402
-from dpl.results.runs import RunResult, group_accuracies, parse_run, read_results_json  # noqa: E402,F401
-from dpl.results.schema import LONG_TAIL_GROUPS  # noqa: E402
+from dpl.results.layout import (BASE2NEW_DATASETS, DG_TARGETS, EVALUATION_DIR, XD_TARGETS, split_config_folder,
+                                split_shots_tag)
+from dpl.results.logs import TEST_END_SIGNAL, TRAIN_END_SIGNALS
+from dpl.results.runs import RunResult, parse_run
+from dpl.results.schema import LONG_TAIL_GROUPS
 
 SEED_DIR = re.compile(r"seed(\d+)")
 
@@ -264,7 +266,7 @@ def discover_base2new(root, keyword):
     if not any(os.path.isdir(os.path.join(root, d)) for d in parts):
         raise ParseError(f"no train_base/ or test_new/ folder under {root} (give e.g. output/base2new)")
     for folder, part in parts.items():
-        pattern = [r"[^.].*", r"shots_\d+.*", r".+", r".+", SEED_DIR.pattern]
+        pattern = [r"[^.].*", r"shots_.+", r".+", r".+", SEED_DIR.pattern]
         for path, (dataset, shots, trainer, cfg, seed) in walk(os.path.join(root, folder), pattern, runs.strays):
             method = method_of(trainer, cfg, "" if shots == "shots_16" else shots)
             runs.add((part, dataset, method, seed_of(seed)), parse_run(path, keyword))
@@ -301,7 +303,7 @@ def discover_fewshot(root, keyword):
     runs = Runs(expected_path=expected_path)
     if not os.path.isdir(root):
         raise ParseError(f"few-shot root not found: {root} (give e.g. output/few_shot)")
-    pattern = [r"[^.].*", r".+", r".+_\d+shots(@.*)?", SEED_DIR.pattern]
+    pattern = [r"[^.].*", r".+", r".+_(\d+|all)shots(@.*)?", SEED_DIR.pattern]
     for path, (dataset, trainer, folder, seed) in walk(root, pattern, runs.strays):
         tag, variant = split_config_folder(folder)
         cfg, shots = split_shots_tag(tag)
@@ -467,7 +469,7 @@ def build_fewshot(runs, args):
     methods = runs.methods()
     labels = method_labels(methods)
     datasets = args.datasets or order_datasets(runs.datasets(), BASE2NEW_DATASETS)
-    shots = sorted({k[0] for k in runs.table})
+    shots = sorted({k[0] for k in runs.table}, key=lambda k: (k == "all", k if k != "all" else 0))
     columns = [("Dataset", d) for d in datasets] + [("Dataset", "Average")]
     grid = Grid(args.title or "Few-shot", ["Method", "Shots"], columns)
     for m in methods:

@@ -39,11 +39,11 @@ try:
     from dpl.protocols.cli import step_context
     from dpl.protocols.methods import ProtocolError
     from dpl.engine import TRAINER_REGISTRY
-    from dpl.protocols.runner import plan_request, state_of
+    from dpl.protocols.runner import PlanConfigError, plan_request, state_of
     from dpl.protocols.steps import STEPS
     from dpl.results import layout
     from dpl.results.identity import default_config
-    from dpl.tools.train import CONFIG_ERRORS, one_line
+    from dpl.tools.train import user_error_exit
 except ModuleNotFoundError as exc:
     sys.exit(f"error: {sys.executable} cannot import {exc.name}: run this with the project's interpreter, e.g. "
              f"{REPO}/.venv/bin/python scripts/run_protocol.py ... (`make test` creates .venv)")
@@ -126,15 +126,19 @@ class Planner:
         """``(state, messages)``: done / resume / todo / conflict / error, and what is wrong."""
         method = self.methods[job.method]
         context = step_context(method, f"{job.method}/{job.script}", self.env)
+        load_epoch = self.env.get("LOADEP", "")
         try:
             requests = STEPS[job.step()](context, [str(a) for a in job.args] + self.opts(job))
             planned = [plan_request(r, method.trainer, self.env.get("DATA", ""), self.env.get("TAG", ""),
-                                    self.defaults) for r in requests]
-        except ProtocolError as exc:
+                                    self.defaults, load_epoch) for r in requests]
+            states = [state_of(run, load_epoch) for run in planned]
+        except (ProtocolError, PlanConfigError) as exc:
             return "error", [str(exc)]
-        except CONFIG_ERRORS as exc:
-            return "error", [f"Config error: {one_line(exc)}"]
-        states = [state_of(run, self.env.get("LOADEP", "")) for run in planned]
+        except Exception as exc:  # e.g. an unreadable checkpoint in a run folder: the plan goes on
+            known = user_error_exit(exc)
+            if known is None:
+                raise
+            return "error", [known[0]]
         words = {word for word, _, _ in states}
         messages = [message for word, _, message in states if word == "conflict"]
         for state in ("conflict", "resume"):
@@ -146,14 +150,17 @@ class Planner:
 
 
 class Forwarder:
-    """While a job runs, SIGINT/SIGTERM go to it (it stops at its next step boundary), not to us."""
+    """While a job runs, SIGINT/SIGTERM go to it (it stops at its next step boundary), not to us; a
+    SIGHUP (the terminal closed) goes to it as SIGTERM, so that it does not go on alone, locking its folder."""
+
+    FORWARDED = {signal.SIGINT: signal.SIGINT, signal.SIGTERM: signal.SIGTERM, signal.SIGHUP: signal.SIGTERM}
 
     def __init__(self):
         self.proc = None
         self.signum = None
 
     def __enter__(self):
-        self._previous = {s: signal.signal(s, self._forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        self._previous = {s: signal.signal(s, self._forward) for s in self.FORWARDED}
         return self
 
     def __exit__(self, *exc):
@@ -162,13 +169,18 @@ class Forwarder:
         return False
 
     def _forward(self, signum, frame):
-        self.signum = self.signum or signum
+        self.signum = self.signum or self.FORWARDED[signum]
+        self._send(self.FORWARDED[signum])
+
+    def _send(self, signum):
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signum)
 
     def run(self, command, env):
         # Its own session: a Ctrl-C in the terminal reaches the job once, through us.
         self.proc = subprocess.Popen(command, env=env, start_new_session=True)
+        if self.signum is not None:  # it came while the job was starting
+            self._send(self.signum)
         try:
             return self.proc.wait()
         finally:

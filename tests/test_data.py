@@ -296,6 +296,35 @@ def test_set_epoch_makes_order_a_function_of_seed_and_epoch(dtd_root):
     assert _epoch_order(fresh, 1) == order1
 
 
+def _batches(dm, epoch, start_batch=0):
+    dm.set_epoch(epoch, start_batch=start_batch)
+    return [(batch["index"].tolist(), batch["img"]) for batch in dm.train_loader_x]
+
+
+def _same_batches(a, b):
+    return len(a) == len(b) and all(ia == ib and torch.equal(xa, xb) for (ia, xa), (ib, xb) in zip(a, b))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_epoch_resumed_after_k_batches_gives_the_remaining_batches_augmented_the_same(dtd_root, workers):
+    full = _batches(DataManager(dataset_cfg(dtd_root, "dtd", seed=3, DATALOADER__NUM_WORKERS=workers)), 2)
+    torch.manual_seed(99)  # the model's use of the global generator must not matter
+    resumed = _batches(DataManager(dataset_cfg(dtd_root, "dtd", seed=3, DATALOADER__NUM_WORKERS=workers)), 2,
+                       start_batch=1)
+    assert len(full) > 1 and _same_batches(full[1:], resumed)
+    in_process = _batches(DataManager(dataset_cfg(dtd_root, "dtd", seed=3)), 2)
+    assert _same_batches(full, in_process)  # whatever the number of workers
+
+
+def test_an_unseeded_run_replays_its_order_from_the_data_seed_its_checkpoint_keeps(dtd_root):
+    cfg = dataset_cfg(dtd_root, "dtd", seed=-1)
+    first = DataManager(cfg)
+    again = DataManager(cfg)
+    assert first.data_seed != again.data_seed  # unseeded: a new order per run
+    again.data_seed = first.data_seed  # what resuming from its checkpoint restores
+    assert _same_batches(_batches(first, 1), _batches(again, 1))
+
+
 def test_evaluation_does_not_consume_global_torch_rng(dtd_root):
     dm = DataManager(dataset_cfg(dtd_root, "dtd"))
     torch.manual_seed(0)

@@ -249,6 +249,51 @@ def test_layouts_of_every_protocol(env, capsys):
         ["test", f"{o}/evaluation/PromptSRC/{src}_8shots/imagenet_a/seed2"]]
 
 
+def test_all_images_loadep_and_script_keys(env, capsys, recorded):
+    o = env["OUTPUT"]
+    # all images is not the protocol's 16 shots (nor the few-shot run's K)
+    assert plan("dpl/base2new_train.sh", "dtd", 1, "DATASET.NUM_SHOTS", "-1", env=env, capsys=capsys) == [
+        ["train", f"{o}/base2new/train_base/dtd/shots_all/DropoutPrompt/{DPL_CFG}/seed1"]]
+    assert plan("coop/few_shot.sh", "dtd", 4, 1, "DATASET.NUM_SHOTS", "0", env=env, capsys=capsys) == [
+        ["train", f"{o}/few_shot/dtd/CoOp/vit_b16_ep50_ctxv1_allshots/seed1"]]
+    # another epoch than the last is another evaluation: its own folder; the model is found as always
+    assert plan("dpl/base2new_test.sh", "dtd", 1, env={**env, "LOADEP": "3"}, capsys=capsys) == [
+        ["test", f"{o}/base2new/test_new/dtd/shots_16/DropoutPrompt/{DPL_CFG}@LOADEP=3/seed1"]]
+    assert plan("dpl/base2new_test.sh", "dtd", 1, "TRAINER.DPL.IMPORTANCE", "uniform", env={**env, "LOADEP": "3"},
+                capsys=capsys) == [
+        ["test", f"{o}/base2new/test_new/dtd/shots_16/DropoutPrompt/{DPL_CFG}@IMPORTANCE=uniform,LOADEP=3/seed1"]]
+    # what a script sets itself cannot be a trailing option: the run would land elsewhere than judged
+    for key, value in (("OUTPUT_DIR", "/tmp/x"), ("SEED", "2"), ("DATASET.NAME", "EuroSAT"), ("RESUME", "/tmp/y")):
+        assert step("dpl/base2new_train.sh", "dtd", 1, key, value, env=env) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"dpl/base2new_train.sh: {key} cannot be a trailing option of a protocol script: ")
+    assert recorded == []
+
+
+def test_a_finished_evaluation_is_skipped_after_its_model_checkpoints_were_deleted(env, recorded, capsys):
+    out = Path(env["OUTPUT"])
+    train_dir = out / f"base2new/train_base/dtd/shots_16/DropoutPrompt/{DPL_CFG}/seed1"
+    finish_run(train_dir, epochs=(20,), model="VLPromptLearner")
+    assert step("dpl/base2new_test.sh", "dtd", 1, env=env) == 0
+    argv = recorded[-1]
+    test_dir = Path(option(argv, "--output-dir"))
+    from dpl.results.runs import model_reference
+    from dpl.results.identity import run_identity
+
+    # what train.py would have written: the evaluation of epoch 20 of that model
+    cfg = dpl.tools.train.setup_cfg(dpl.tools.train.build_parser().parse_args(argv))
+    identity = run_identity(cfg, model=model_reference(str(train_dir), 20))
+    test_dir.mkdir(parents=True)
+    (test_dir / "results.json").write_text(json.dumps({"split": "test", "finished": True, "accuracy": 40.0,
+                                                       "identity": identity}))
+    json_path = train_dir / "results.json"
+    json_path.write_text(json.dumps({**json.loads(json_path.read_text()), "epoch": 20}))
+    (train_dir / "VLPromptLearner" / "model.pth.tar-20").unlink()  # deleted to save space
+    assert step("dpl/base2new_test.sh", "dtd", 1, env=env) == 0
+    assert f"Skip: the evaluation in {test_dir} is finished" in capsys.readouterr().out
+    assert len(recorded) == 1
+
+
 def test_every_trainer_script_exists_and_plans():
     for method in TRAINED_METHODS:
         for script in TRAINER_SCRIPTS:
@@ -316,6 +361,10 @@ def test_a_python_without_the_requirements_is_one_line(tmp_path):
 def test_run_protocol_dry_run_plan(env):
     out = Path(env["OUTPUT"])
     finish_run(out / f"base2new/train_base/dtd/shots_16/DropoutPrompt/{DPL_CFG}/seed1", model="VLPromptLearner")
+    damaged = out / "base2new/train_base/dtd/shots_16/CoOp/vit_b16_ctxv1/seed2/prompt_learner"
+    damaged.mkdir(parents=True)
+    (damaged / "model-last.pth.tar").write_bytes(b"not a checkpoint")
+    (damaged / "checkpoint").write_text("model-last.pth.tar\n")
     proc = subprocess.run(
         [sys.executable, str(SCRIPTS / "run_protocol.py"), "base2new", "--methods", "dpl", "coop", "zsclip",
          "--datasets", "dtd", "--seeds", "1", "2", "--dry-run", "--", "DATALOADER.NUM_WORKERS", "1",
@@ -325,15 +374,18 @@ def test_run_protocol_dry_run_plan(env):
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("Plan: 9 jobs, 1 done, 8 to run")
     # TRAINER.DPL keys go to the methods that read TRAINER.DPL only
-    assert lines[1:] == [
+    unreadable = f"             Error: Checkpoint {damaged}/model-last.pth.tar cannot be read ("
+    assert [line if not line.startswith(unreadable) else unreadable for line in lines[1:]] == [
         "  [    done] bash scripts/dpl/base2new_train.sh dtd 1",
         "  [    todo] bash scripts/dpl/base2new_test.sh dtd 1 DATALOADER.NUM_WORKERS 1 TRAINER.DPL.IMPORTANCE full",
         "  [    todo] bash scripts/dpl/base2new_train.sh dtd 2 DATALOADER.NUM_WORKERS 1 TRAINER.DPL.IMPORTANCE full",
         "  [    todo] bash scripts/dpl/base2new_test.sh dtd 2 DATALOADER.NUM_WORKERS 1 TRAINER.DPL.IMPORTANCE full",
         "  [    todo] bash scripts/coop/base2new_train.sh dtd 1 DATALOADER.NUM_WORKERS 1",
         "  [    todo] bash scripts/coop/base2new_test.sh dtd 1 DATALOADER.NUM_WORKERS 1",
-        "  [    todo] bash scripts/coop/base2new_train.sh dtd 2 DATALOADER.NUM_WORKERS 1",
-        "  [    todo] bash scripts/coop/base2new_test.sh dtd 2 DATALOADER.NUM_WORKERS 1",
+        "  [   error] bash scripts/coop/base2new_train.sh dtd 2 DATALOADER.NUM_WORKERS 1",
+        unreadable,  # a damaged folder is a line of the plan, not a traceback
+        "  [   error] bash scripts/coop/base2new_test.sh dtd 2 DATALOADER.NUM_WORKERS 1",
+        unreadable,
         "  [    todo] bash scripts/zsclip/base2new_test.sh dtd 1 DATALOADER.NUM_WORKERS 1",
     ]
 

@@ -2,16 +2,24 @@
 
 yacs requires a merged value to have the type of the value it replaces, so ``RES_WEIGHT 0`` on the
 command line or ``TEXT_LOSS_WEIGHT: 25`` in a YAML file fails for a float key. This node turns such
-integers (not bools) into floats before handing the merge to yacs; every other check stays yacs'
+integers (not bools; also inside a list or tuple of floats) into floats before handing the merge to yacs; every other check stays yacs'
 own (unknown keys, other type mismatches, a float for an int key).
 """
 from yacs.config import CfgNode as YacsCfgNode
 
 
 def int_as_float(value, original):
-    """``value`` as a float when ``original`` is a float and ``value`` an int (bools are not), else as is."""
+    """``value`` as a float when ``original`` is a float and ``value`` an int (bools are not), else as is.
+
+    Element-wise for a list or tuple of the same length (``INPUT.RRCROP_SCALE (0.5, 1)`` is ``(0.5, 1.0)``),
+    so the same setting always has the same value, and the same run identity.
+    """
     if type(original) is float and type(value) is int:
         return float(value)
+    if isinstance(original, (list, tuple)) and isinstance(value, (list, tuple)) and len(value) == len(original):
+        coerced = [int_as_float(v, o) for v, o in zip(value, original)]
+        if any(c is not v for c, v in zip(coerced, value)):
+            return type(value)(coerced)
     return value
 
 

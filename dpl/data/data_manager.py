@@ -125,8 +125,10 @@ class DataManager:
         tfm_train = self._transform(cfg, custom_tfm_train, is_train=True)
         tfm_test = self._transform(cfg, custom_tfm_test, is_train=False)
         dl = cfg.DATALOADER
+        # The seed of the data order and augmentation: SEED, or for an unseeded run one drawn now. A trainer
+        # keeps it in its checkpoints (``data_seed``), so an unseeded run also resumes exactly.
+        self.data_seed = cfg.SEED if cfg.SEED >= 0 else secrets.randbits(62)
         self.train_generator = torch.Generator()
-        self.train_generator.manual_seed(epoch_seed(cfg.SEED, 0) if cfg.SEED >= 0 else torch.seed())
 
         self.train_loader_x = build_data_loader(
             cfg, sampler_type=dl.TRAIN_X.SAMPLER, data_source=dataset.train_x, batch_size=dl.TRAIN_X.BATCH_SIZE,
@@ -172,12 +174,11 @@ class DataManager:
     def set_epoch(self, epoch, seed=None, start_batch=0):
         """Re-seed the training order, the workers' seeds and the per-sample augmentation seeds from
         ``(seed, epoch)``, and let the next pass over ``train_loader_x`` start after ``start_batch``
-        batches (a mid-epoch resume). ``seed`` defaults to ``cfg.SEED``; with a negative seed the order
-        stays unseeded and the augmentation seeds are fresh random ones."""
-        seed = self.cfg.SEED if seed is None else seed
-        if seed >= 0:
-            self.train_generator.manual_seed(epoch_seed(seed, epoch))
-        augmentation_seed = epoch_seed(seed, epoch, "augmentation") if seed >= 0 else secrets.randbits(63)
+        batches (a mid-epoch resume). ``seed`` defaults to ``data_seed`` (``cfg.SEED``, or the seed an
+        unseeded run drew)."""
+        seed = self.data_seed if seed is None else seed
+        self.train_generator.manual_seed(epoch_seed(seed, epoch))
+        augmentation_seed = epoch_seed(seed, epoch, "augmentation")
         for loader, start in ((self.train_loader_x, start_batch), (self.train_loader_u, 0)):
             if loader is not None and isinstance(loader.sampler, EpochSampler):
                 loader.sampler.set_epoch(augmentation_seed, start * loader.batch_size)

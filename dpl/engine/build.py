@@ -1,5 +1,4 @@
 """``TRAINER_REGISTRY``, ``build_trainer`` and the per-trainer config nodes (``extend_cfg``, checks)."""
-from dpl.config import get_cfg_default
 from dpl.project import import_project_modules
 from dpl.utils.registry import Registry, check_availability
 
@@ -65,15 +64,6 @@ def check_trainer_nodes(cfg):
     raise UserError(_foreign_settings_message(cfg, name, own_nodes, ignored))
 
 
-def _leaves(node, prefix=""):
-    """``(dotted key relative to node, value)`` of every leaf under ``node``."""
-    for key, value in node.items():
-        if isinstance(value, dict):
-            yield from _leaves(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
-
 def _lookup(node, dotted_key):
     for part in dotted_key.split("."):
         if not isinstance(node, dict) or part not in node:
@@ -82,25 +72,19 @@ def _lookup(node, dotted_key):
     return node
 
 
-def _same_value(value, default):
-    # a YAML list and a tuple default hold the same setting
-    if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
-        return list(value) == list(default)
-    return value == default
-
-
 def _foreign_settings(cfg, own_nodes):
-    """``[(node name, key within the node, value)]`` set on other trainer nodes than ``own_nodes``."""
-    defaults = extend_cfg_for_all_trainers(get_cfg_default()).TRAINER
+    """``[(node name, key within the node, value)]`` set on other trainer nodes than ``own_nodes``.
+
+    "Set" means: different from the defaults tree, compared as run identities compare (one definition).
+    """
+    from dpl.results.identity import default_config, flatten_config
+
+    defaults = flatten_config(default_config().TRAINER)
     settings = []
-    for node_name, node in cfg.TRAINER.items():
-        if node_name in own_nodes or not isinstance(node, dict):
-            continue
-        default_node = defaults.get(node_name, {})
-        settings += [
-            (node_name, key, value) for key, value in _leaves(node)
-            if not _same_value(value, _lookup(default_node, key))
-        ]
+    for key, value in flatten_config(cfg.TRAINER).items():
+        node_name, _, within = key.partition(".")
+        if within and node_name not in own_nodes and defaults.get(key, _MISSING) != value:
+            settings.append((node_name, within, _lookup(cfg.TRAINER[node_name], within)))  # as held: a tuple stays one
     return settings
 
 

@@ -2,8 +2,9 @@
 
 While a trainer runs its training steps, the first signal only asks the loop to stop: the step in
 progress finishes, the trainer writes its last checkpoint at that step boundary and raises
-``RunInterrupted``. Anywhere else (building the model, testing), or on a second signal, there is no
-step to finish and ``RunInterrupted`` is raised at once; what the last checkpoint holds is kept.
+``RunInterrupted``. Anywhere else (building the model, testing), or on a second SIGINT (a second
+Ctrl-C), there is no step to finish and ``RunInterrupted`` is raised at once; what the last checkpoint
+holds is kept. A repeated SIGTERM changes nothing.
 The entry point turns ``RunInterrupted`` into one line and exit code ``128 + signal number``
 (130 for SIGINT, 143 for SIGTERM), as shells report a process stopped by that signal.
 """
@@ -61,11 +62,14 @@ class StopRequests:
         return False
 
     def _handle(self, signum, frame):
-        first = self.signum is None
-        if first:
+        repeated = self.signum is not None
+        if not repeated:
             self.signum = signum
-        if not (first and self._deferring):
-            raise RunInterrupted(signum)
+        # Only a second Ctrl-C means "now": a scheduler may send SIGTERM to every process of a job
+        # (and a launcher pass it on), and such a duplicate must not cost the step's checkpoint.
+        if self._deferring and not (repeated and signum == signal.SIGINT):
+            return
+        raise RunInterrupted(signum)
 
     @contextlib.contextmanager
     def deferred(self):

@@ -473,6 +473,20 @@ class SimpleTrainer(TrainerBase):
 
             generator.manual_seed(epoch_seed(self.cfg.SEED, epoch))
 
+    def get_trainer_state(self):
+        """Adds the data seed (the order and augmentation of an unseeded run too resume exactly)."""
+        state = super().get_trainer_state()
+        dm = getattr(self, "dm", None)
+        if dm is not None and hasattr(dm, "data_seed"):
+            state["data_seed"] = dm.data_seed
+        return state
+
+    def set_trainer_state(self, state):
+        super().set_trainer_state(state)
+        dm = getattr(self, "dm", None)
+        if "data_seed" in state and dm is not None and hasattr(dm, "data_seed"):
+            dm.data_seed = state["data_seed"]
+
     # ----- identity: what a run's results and checkpoints record --------------------------------------
     @property
     def run_identity(self):

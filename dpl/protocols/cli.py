@@ -6,7 +6,7 @@ import dpl.tools.train as train_entry  # the whole training stack: a missing req
 from dpl.project import PROJECT_ROOT
 
 from .methods import ProtocolError, read_method
-from .runner import execute, plan_request
+from .runner import PlanConfigError, execute, plan_request
 from .steps import DEFAULT_SOURCE, STEPS, StepContext
 
 INTERRUPTED = {train_entry.EXIT_INTERRUPTED_SIGINT: "SIGINT", train_entry.EXIT_INTERRUPTED_SIGTERM: "SIGTERM"}
@@ -32,7 +32,8 @@ def run_step(method_dir, script, step, args, env):
     requests = STEPS[step](step_context(method, script, env), list(args))
     plan_only = env.get("DPL_PLAN") == "1"
     data = "" if plan_only else require_data(env)
-    planned = [plan_request(request, method.trainer, data, env.get("TAG", "")) for request in requests]
+    planned = [plan_request(request, method.trainer, data, env.get("TAG", ""), load_epoch=env.get("LOADEP", ""))
+               for request in requests]
     if plan_only:
         for run in planned:
             print(f"{run.kind} {run.run_dir}")
@@ -64,9 +65,15 @@ def main(argv):
     except ProtocolError as exc:
         print(f"{script}: {exc}", file=sys.stderr)
         return 1
-    except train_entry.CONFIG_ERRORS as exc:
-        print(train_entry.config_error_line(exc), file=sys.stderr)
+    except PlanConfigError as exc:
+        print(exc, file=sys.stderr)
         return train_entry.EXIT_CONFIG_ERROR
-    except train_entry.RUN_ERRORS as exc:
-        print(f"Error: {train_entry.one_line(exc)}", file=sys.stderr)
-        return train_entry.EXIT_RUN_ERROR
+    except KeyboardInterrupt:  # before a run started (while planning): nothing to save
+        print(f"{script}: interrupted before any run started", file=sys.stderr)
+        return train_entry.EXIT_INTERRUPTED_SIGINT
+    except Exception as exc:
+        known = train_entry.user_error_exit(exc)
+        if known is None:
+            raise
+        print(known[0], file=sys.stderr)
+        return known[1]

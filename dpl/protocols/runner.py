@@ -14,6 +14,7 @@ from typing import Optional
 from dpl.project import PROJECT_ROOT
 from dpl.results import identity as ident
 from dpl.results import layout, runs
+from dpl.results.schema import RESULTS_NAME, is_finished, read_results
 
 from .methods import ProtocolError
 
@@ -74,10 +75,18 @@ def train_py_argv(planned, model_args=()):
     return [*planned.flags, "--output-dir", planned.run_dir, *model_args, *request.protocol_opts, *request.user_opts]
 
 
-def build_config(argv):
-    from dpl.tools.train import build_parser, setup_cfg
+class PlanConfigError(Exception):
+    """A config mistake found while planning (the same that ``train.py`` would report with exit code 2)."""
 
-    return setup_cfg(build_parser().parse_args(argv))
+
+def build_config(argv):
+    """The config ``train.py argv`` would run with; ``PlanConfigError`` (one line) for a config mistake."""
+    from dpl.tools.train import CONFIG_ERRORS, build_parser, config_error_line, setup_cfg
+
+    try:
+        return setup_cfg(build_parser().parse_args(argv))
+    except CONFIG_ERRORS as exc:
+        raise PlanConfigError(config_error_line(exc)) from exc
 
 
 def experiment_changes(cfg, base_cfg, defaults):
@@ -95,28 +104,38 @@ def experiment_changes(cfg, base_cfg, defaults):
 
 # ----- planning --------------------------------------------------------------------------------------
 
-def plan_request(request, trainer, data="", tag="", defaults=None):
-    """The ``PlannedRun`` of ``request`` (and of the training run it evaluates)."""
+def plan_request(request, trainer, data="", tag="", defaults=None, load_epoch=""):
+    """The ``PlannedRun`` of ``request`` (and of the training run it evaluates).
+
+    An evaluation's folder takes its shots from the training run it evaluates, and an evaluation of
+    another epoch than the last (``load_epoch``, the scripts' ``LOADEP``) gets ``LOADEP=<N>`` in its variant.
+    """
     defaults = ident.default_config() if defaults is None else defaults
     flags = train_py_flags(request, trainer, data)
     cfg = build_config(flags + request.protocol_opts + request.user_opts)
     variant = layout.variant_name(experiment_changes(cfg, build_config(flags + request.protocol_opts), defaults), tag)
-    run_dir = request.place(cfg, layout.config_folder(request.tag(cfg), variant))
-    planned = PlannedRun(request, flags, cfg, os.path.abspath(run_dir), variant)
+    model = plan_request(request.model, trainer, data, tag, defaults) if request.model is not None else None
+    if request.kind == "test" and load_epoch:
+        variant = ",".join(filter(None, [variant, f"LOADEP={int(load_epoch)}"]))
+    layout_cfg = model.cfg if model is not None else cfg
+    run_dir = request.place(layout_cfg, layout.config_folder(request.tag(layout_cfg), variant))
+    planned = PlannedRun(request, flags, cfg, os.path.abspath(run_dir), variant, model=model)
     if request.kind == "train":
         planned.identity = ident.run_identity(cfg, defaults=defaults)
-    elif request.model is not None:
-        planned.model = plan_request(request.model, trainer, data, tag, defaults)
     return planned
 
 
 def final_epoch(model_dir):
-    """The highest ``N`` of ``model_dir/<model name>/model.pth.tar-N``."""
+    """The highest ``N`` of ``model_dir/<model name>/model.pth.tar-N`` (or, when those files were deleted
+    to save space, the epochs its finished ``results.json`` records)."""
     epochs = [int(m.group(1)) for path in glob.glob(os.path.join(glob.escape(model_dir), "*", "model.pth.tar-*"))
               if (m := _CHECKPOINT_FILE.fullmatch(os.path.basename(path)))]
-    if not epochs:
-        raise ProtocolError(f"no checkpoint model.pth.tar-<epoch> under {model_dir}/*/ (was the training run saved?)")
-    return max(epochs)
+    if epochs:
+        return max(epochs)
+    recorded = read_results(os.path.join(model_dir, RESULTS_NAME))
+    if is_finished(recorded) and isinstance(recorded.get("epoch"), int):
+        return recorded["epoch"]
+    raise ProtocolError(f"no checkpoint model.pth.tar-<epoch> under {model_dir}/*/ (was the training run saved?)")
 
 
 class ModelNotReady(ProtocolError):
@@ -138,7 +157,7 @@ def evaluation_identity(planned, load_epoch=""):
     if decision.action != "finished":
         raise ModelNotReady(f"the training run {model.run_dir} is not finished: run its training script first")
     epoch = int(load_epoch) if load_epoch else final_epoch(model.run_dir)
-    reference = ident.model_reference(model.run_dir, epoch)
+    reference = runs.model_reference(model.run_dir, epoch)
     identity = ident.run_identity(planned.cfg, model=reference)
     return identity, ["--model-dir", model.run_dir, "--load-epoch", str(epoch)], decision.note
 

@@ -46,8 +46,10 @@ class RunRequest:
     config_name: str
     protocol_opts: List[str]
     user_opts: List[str]
-    place: Callable  # (effective cfg, config folder) -> run folder
-    tag_of: Callable = None  # effective cfg -> the config folder's tag (default: the config name)
+    # (cfg, config folder) -> run folder, and cfg -> the config folder's tag (default: the config name);
+    # ``cfg`` is the run's effective config, for an evaluation of a trained model that of its training run
+    place: Callable
+    tag_of: Callable = None
     model: Optional["RunRequest"] = None  # the training run an evaluation evaluates (None: untrained)
 
     def tag(self, cfg):
@@ -59,8 +61,9 @@ def config_stem(config):
     return os.path.splitext(os.path.basename(config))[0] if config.endswith((".yaml", ".yml")) else config
 
 
-def shots_of(cfg, default):
-    """The effective ``DATASET.NUM_SHOTS`` (``default`` when the run takes all images)."""
+def shots_of(cfg, default="all"):
+    """The shots part of a folder: the effective ``DATASET.NUM_SHOTS``; for a run that takes all images,
+    ``default``: ``all``, or for a zero-shot evaluation the protocol's shots (where its tables look)."""
     return cfg.DATASET.NUM_SHOTS if cfg.DATASET.NUM_SHOTS >= 1 else default
 
 
@@ -77,9 +80,24 @@ def require_int(name, value):
     return int(value)
 
 
+# Keys a script sets from its arguments and environment: as trailing options they would send the run to
+# another folder, seed or dataset than the one the script judges (skip / resume) by.
+SCRIPT_KEYS = {
+    "OUTPUT_DIR": "the run folder follows OUTPUT and the protocol's layout: set OUTPUT, or TAG=<name>",
+    "RESUME": "a script resumes a run from its own folder",
+    "SEED": "the seed is the script's SEED argument",
+    "DATASET.NAME": "the dataset is the script's DATASET argument",
+    "DATASET.ROOT": "the datasets' folder is DATA",
+    "TRAINER.NAME": "the trainer is the one of scripts/<method>/: run that method's script",
+}
+
+
 def check_opts(opts):
     if len(opts) % 2:
         raise ProtocolError(f"extra arguments must be KEY VALUE pairs for train.py (got: {' '.join(opts)})")
+    for key in opts[::2]:
+        if key in SCRIPT_KEYS:
+            raise ProtocolError(f"{key} cannot be a trailing option of a protocol script: {SCRIPT_KEYS[key]}")
     return list(opts)
 
 
@@ -101,7 +119,7 @@ def _base2new_train_request(ctx, dataset, seed, opts):
     return RunRequest(
         "train", dataset, seed, ctx.method.config_name("BASE2NEW", dataset, override=ctx.config),
         ["DATASET.NUM_SHOTS", str(BASE2NEW_SHOTS), "DATASET.SUBSAMPLE_CLASSES", "base"], opts,
-        place=lambda cfg, folder: layout.base2new_dir(root, "train_base", dataset, shots_of(cfg, BASE2NEW_SHOTS),
+        place=lambda cfg, folder: layout.base2new_dir(root, "train_base", dataset, shots_of(cfg),
                                                       ctx.method.trainer, folder, seed))
 
 
@@ -113,7 +131,7 @@ def base2new_test(ctx, args):
     return [RunRequest(
         "test", dataset, seed, model.config_name,
         ["DATASET.NUM_SHOTS", str(BASE2NEW_SHOTS), "DATASET.SUBSAMPLE_CLASSES", "new"], opts,
-        place=lambda cfg, folder: layout.base2new_dir(root, "test_new", dataset, shots_of(cfg, BASE2NEW_SHOTS),
+        place=lambda cfg, folder: layout.base2new_dir(root, "test_new", dataset, shots_of(cfg),
                                                       ctx.method.trainer, folder, seed),
         model=model)]
 
@@ -124,7 +142,7 @@ def _xd_train_request(ctx, seed, opts):
     return RunRequest(
         "train", source, seed, config, ["DATASET.NUM_SHOTS", str(XD_SHOTS)], opts,
         place=lambda cfg, folder: layout.source_dir(ctx.output, source, ctx.method.trainer, folder, seed),
-        tag_of=lambda cfg: layout.shots_tag(config_stem(config), shots_of(cfg, XD_SHOTS)))
+        tag_of=lambda cfg: layout.shots_tag(config_stem(config), shots_of(cfg)))
 
 
 def xd_train(ctx, args):
@@ -141,7 +159,7 @@ def xd_test(ctx, args):
     return [RunRequest(
         "test", dataset, seed, model.config_name, [], opts,
         place=lambda cfg, folder: layout.evaluation_dir(ctx.output, ctx.method.trainer, folder, dataset, seed),
-        tag_of=lambda cfg: layout.shots_tag(config_stem(model.config_name), shots_of(cfg, XD_SHOTS)),
+        tag_of=lambda cfg: layout.shots_tag(config_stem(model.config_name), shots_of(cfg)),
         model=model)]
 
 
@@ -153,7 +171,7 @@ def few_shot(ctx, args):
     return [RunRequest(
         "train", dataset, seed, config, ["DATASET.NUM_SHOTS", str(shots)], opts,
         place=lambda cfg, folder: layout.few_shot_dir(ctx.output, dataset, ctx.method.trainer, folder, seed),
-        tag_of=lambda cfg: layout.shots_tag(config_stem(config), shots_of(cfg, shots)))]
+        tag_of=lambda cfg: layout.shots_tag(config_stem(config), shots_of(cfg)))]
 
 
 def _long_tail_args(ctx, args):
@@ -171,7 +189,7 @@ def _long_tail_train_request(ctx, dataset, seed, ratio, opts):
         "train", dataset, seed, ctx.method.config_name("LONGTAIL", dataset, override=ctx.config),
         ["DATASET.NUM_SHOTS", str(LONG_TAIL_SHOTS), "DATASET.SUBSAMPLE_CLASSES", "base",
          "DATASET.IMBALANCE_RATIO", as_float(ratio), "TEST.PER_CLASS_RESULT", "True"], opts,
-        place=lambda cfg, folder: layout.base2new_dir(root, "train_base", dataset, shots_of(cfg, LONG_TAIL_SHOTS),
+        place=lambda cfg, folder: layout.base2new_dir(root, "train_base", dataset, shots_of(cfg),
                                                       ctx.method.trainer, folder, seed))
 
 
@@ -187,7 +205,7 @@ def long_tail_test(ctx, args):
     return [RunRequest(
         "test", dataset, seed, model.config_name, ["DATASET.SUBSAMPLE_CLASSES", "new", "TEST.PER_CLASS_RESULT", "True"],
         opts,
-        place=lambda cfg, folder: layout.base2new_dir(root, "test_new", dataset, shots_of(cfg, LONG_TAIL_SHOTS),
+        place=lambda cfg, folder: layout.base2new_dir(root, "test_new", dataset, shots_of(cfg),
                                                       ctx.method.trainer, folder, seed),
         model=model)]
 

@@ -13,8 +13,8 @@ Two runs are the same experiment exactly when their identities are equal. An ide
   same experiment as ``MODEL.BACKBONE.NAME ViT-B/16``. For a backbone that is not a CLIP model
   (a trainer of another kind), ``weights`` is null and the two keys count as config keys.
 - ``model`` (evaluations only): which trained model is evaluated, at which epoch
-  (``model_reference``): the run id its folder records, or its folder when it records none;
-  ``"untrained"`` for an evaluation without a model (zero-shot CLIP).
+  (``dpl.results.runs.model_reference``): the run id its folder records, or its folder when it records
+  none; ``"untrained"`` for an evaluation without a model (zero-shot CLIP).
 - ``sources`` (only when a trainer or dataset class comes from outside this project): the module
   and the SHA-256 of its file.
 - ``version``: the identity format, ``IDENTITY_VERSION``.
@@ -178,18 +178,6 @@ def _module_file(cls):
         return None
 
 
-def model_reference(model_dir, epoch=None):
-    """What an evaluation of ``model_dir`` at ``epoch`` (None: its best checkpoint) evaluates.
-
-    The training run's id when its ``results.json`` records an identity, else its folder.
-    """
-    from .schema import RESULTS_NAME, read_results, recorded_identity
-
-    _, recorded = recorded_identity(read_results(os.path.join(model_dir, RESULTS_NAME)))
-    where = {"run": run_id(recorded)} if recorded else {"dir": os.path.realpath(model_dir)}
-    return {**where, "epoch": "best" if epoch is None else int(epoch)}
-
-
 def clip_weights_sha256(backbone):
     """The SHA-256 of the CLIP weights a ``MODEL.BACKBONE`` node stands for; None when it names no CLIP
     model (no path and a name that is not a CLIP backbone: a trainer of another kind)."""
@@ -201,7 +189,7 @@ def clip_weights_sha256(backbone):
 
 
 def run_identity(cfg, model=None, defaults=None):
-    """The identity of the run ``cfg`` describes; ``model`` for an evaluation (see ``model_reference``)."""
+    """The identity of the run ``cfg`` describes; ``model`` for an evaluation (``runs.model_reference``)."""
     defaults = default_config() if defaults is None else defaults
     weights = clip_weights_sha256(cfg.MODEL.BACKBONE)
     config = config_identity(cfg, defaults, weights_known=weights is not None)

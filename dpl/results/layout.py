@@ -10,12 +10,16 @@ Upstream layout (CoOp, KgCoOp, PromptSRC), ``TAG`` = the config folder of a run:
     long-tail  <out>/long_tail/imb<R>/{train_base,test_new}/<dataset>/shots_<K>/<Trainer>/<TAG>/seed<S>
     zero-shot  <out>/<Trainer>/<TAG>/<dataset>                         (CoOp's zeroshot.sh)
 
+Inside a run folder: ``log.txt``, ``results.json`` and one folder per registered model holding Dassl's
+``model.pth.tar-<epoch>`` / ``model-best.pth.tar``, our ``model-last.pth.tar`` and ``checkpoint``, a
+one-line file naming the latest of them.
+
 ``TAG`` is the config name (base2new, long-tail, zero-shot) or ``<config>_<K>shots`` (xd, few-shot),
 exactly as upstream. A run whose experiment differs from what the config and the protocol define gets
 ``@<variant>`` appended to its config folder: the name a user gives (the ``TAG`` environment variable
 of the scripts) or a readable summary of the changed keys, e.g.
 ``vit_b16_c2_ep20_batch4_4+4ctx@IMPORTANCE=uniform``. ``DATASET.NUM_SHOTS`` is never part of a
-variant: it is the ``shots_<K>`` / ``_<K>shots`` part of the path.
+variant: it is the ``shots_<K>`` / ``_<K>shots`` part of the path (``all`` for a run on all images).
 """
 import hashlib
 import os
@@ -36,12 +40,16 @@ PROTOCOL_DATASETS = {
     "dg": DG_TARGETS,
 }
 
+CHECKPOINT_POINTER = "checkpoint"
+BEST_NAME = "model-best.pth.tar"
+LAST_NAME = "model-last.pth.tar"
+
 VARIANT_SEPARATOR = "@"
 MAX_VARIANT_LENGTH = 96
 SHOTS_KEY = "DATASET.NUM_SHOTS"
 EVALUATION_DIR = "evaluation"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
-_SHOTS_TAG = re.compile(r"(.+)_(\d+)shots")
+_SHOTS_TAG = re.compile(r"(.+)_(\d+|all)shots")
 
 
 # ----- the config folder and its variant -------------------------------------------------------------
@@ -63,9 +71,11 @@ def shots_tag(config_name, shots):
 
 
 def split_shots_tag(tag):
-    """``(config name, shots)`` of ``<cfg>_<K>shots``, or None."""
+    """``(config name, shots)`` of ``<cfg>_<K>shots`` (shots ``"all"`` for ``<cfg>_allshots``), or None."""
     match = _SHOTS_TAG.fullmatch(tag)
-    return (match.group(1), int(match.group(2))) if match else None
+    if not match:
+        return None
+    return match.group(1), (match.group(2) if match.group(2) == "all" else int(match.group(2)))
 
 
 def safe_name(text):
@@ -115,6 +125,23 @@ def variant_name(changes, tag=""):
         digest = hashlib.sha256(text.encode()).hexdigest()[:8]
         text = f"{text[:MAX_VARIANT_LENGTH - 9].rstrip(',=-')}~{digest}"
     return text
+
+
+# ----- checkpoint files ------------------------------------------------------------------------------
+
+def checkpoint_name(epoch):
+    """Dassl's file name for the checkpoint written after (1-based) ``epoch``."""
+    return f"model.pth.tar-{epoch}"
+
+
+def latest_checkpoint_path(model_dir):
+    """The file named by ``model_dir/checkpoint`` (None when there is no pointer file)."""
+    pointer = os.path.join(model_dir, CHECKPOINT_POINTER)
+    if not os.path.isfile(pointer):
+        return None
+    with open(pointer, "r") as f:
+        name = f.readline().strip()
+    return os.path.join(model_dir, name) if name else None
 
 
 # ----- run folders per protocol ----------------------------------------------------------------------

@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from typing import Dict, Optional
 
 from . import identity as run_identity
+from .layout import CHECKPOINT_POINTER, latest_checkpoint_path
 from .logs import TEST_END_SIGNAL, TRAIN_END_SIGNALS, log_candidates, parse_log
 from .schema import (LONG_TAIL_GROUPS, RESULTS_NAME, final_test_record, is_finished, read_results,
                      recorded_identity)
 
 JSON_KEY_ALIASES = {"error": "error_rate"}  # log keyword -> results.json key
-CHECKPOINT_POINTER = "checkpoint"  # <run>/<model name>/checkpoint names the latest checkpoint file
 
 
 # ----- results (tables) ------------------------------------------------------------------------------
@@ -149,24 +149,25 @@ class RunState:
 
 
 def latest_checkpoints(run_dir):
-    """The files named by ``<run_dir>/<model name>/checkpoint`` pointer files that exist, sorted."""
-    found = []
-    for pointer in sorted(glob.glob(os.path.join(glob.escape(run_dir), "*", CHECKPOINT_POINTER))):
-        with open(pointer, "r") as f:
-            name = f.readline().strip()
-        path = os.path.join(os.path.dirname(pointer), name)
-        if name and os.path.isfile(path):
-            found.append(path)
-    return found
+    """The latest checkpoint file of each model folder of ``run_dir`` (those that exist), sorted."""
+    pointers = sorted(glob.glob(os.path.join(glob.escape(run_dir), "*", CHECKPOINT_POINTER)))
+    paths = [latest_checkpoint_path(os.path.dirname(pointer)) for pointer in pointers]
+    return [path for path in paths if path and os.path.isfile(path)]
 
 
-def read_checkpoint_state(path):
-    """``(identity or None, epoch, batch)`` recorded by a checkpoint file."""
-    from dpl.utils.torchtools import load_checkpoint  # torch only when there is a checkpoint to read
+def read_checkpoint(path):
+    """A checkpoint file's contents (torch is imported only when there is a checkpoint to read)."""
+    from dpl.utils.torchtools import load_checkpoint
 
-    checkpoint = load_checkpoint(path)
-    identity = checkpoint.get("run_identity")
-    return (identity if isinstance(identity, dict) else None), checkpoint.get("epoch"), checkpoint.get("batch", 0)
+    return load_checkpoint(path)
+
+
+def _trained_without_test(checkpoint):
+    """True for the final checkpoint of a run configured with ``TEST.NO_TEST``: it has no result to wait for."""
+    config = checkpoint.get("config") or {}
+    epochs = (config.get("OPTIM") or {}).get("MAX_EPOCH")
+    no_test = (config.get("TEST") or {}).get("NO_TEST")
+    return bool(no_test) and epochs is not None and checkpoint.get("epoch", 0) >= epochs and not checkpoint.get("batch")
 
 
 def read_state(run_dir, keyword="accuracy"):
@@ -186,10 +187,21 @@ def read_state(run_dir, keyword="accuracy"):
             return state
     checkpoints = latest_checkpoints(run_dir)
     if checkpoints:
-        state.checkpoint = checkpoints[0]
-        state.identity, state.epoch, state.batch = read_checkpoint_state(checkpoints[0])
-        state.epoch = state.epoch or 0
+        checkpoint = read_checkpoint(checkpoints[0])
+        identity = checkpoint.get("run_identity")
+        state.identity = identity if isinstance(identity, dict) else None
+        state.checkpoint, state.epoch, state.batch = checkpoints[0], checkpoint.get("epoch") or 0, checkpoint.get("batch", 0)
+        if _trained_without_test(checkpoint):
+            state.finished, state.result = True, f"{checkpoints[0]}: trained, no test (TEST.NO_TEST)"
     return state
+
+
+def model_reference(model_dir, epoch=None):
+    """What an evaluation of the model in ``model_dir`` at ``epoch`` (None: its best checkpoint) evaluates:
+    the run id the folder records (results.json or its checkpoint), else the folder itself."""
+    recorded = read_state(model_dir).identity
+    where = {"run": run_identity.run_id(recorded)} if recorded else {"dir": os.path.realpath(model_dir)}
+    return {**where, "epoch": "best" if epoch is None else int(epoch)}
 
 
 def _result_text(result, keyword):

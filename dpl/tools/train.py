@@ -174,7 +174,7 @@ def identity_of(args, cfg):
     """The identity of the run ``args``/``cfg`` ask for: an evaluation names the model it evaluates."""
     if not args.eval_only:
         return run_identity.run_identity(cfg)
-    model = run_identity.model_reference(args.model_dir, args.load_epoch) if args.model_dir else run_identity.UNTRAINED
+    model = run_states.model_reference(args.model_dir, args.load_epoch) if args.model_dir else run_identity.UNTRAINED
     return run_identity.run_identity(cfg, model=model)
 
 
@@ -202,8 +202,8 @@ def main(args, cfg=None, stops=None):
         set_random_seed(cfg.SEED)
 
     lock = RunLock(cfg.OUTPUT_DIR)
-    lock_note = lock.acquire()  # before the logger: a refused run must not write into the active run's log
     try:
+        lock_note = lock.acquire()  # before the logger: a refused run must not write into the active run's log
         setup_logger(cfg.OUTPUT_DIR)
         for note in check_trainer_nodes(cfg) + [decision.note, lock_note]:
             if note:
@@ -233,10 +233,9 @@ def main(args, cfg=None, stops=None):
 
 def interrupted_line(exc, output_dir):
     """One line for a run stopped by a signal: what is kept and how to continue."""
-    if exc.saved:
-        kept = f"its last checkpoint {exc.saved} is kept"
-    else:
-        kept = f"nothing was saved in this session (what {output_dir} held before is kept)"
+    on_disk = run_states.latest_checkpoints(output_dir) if os.path.isdir(output_dir) else []
+    last = exc.saved or (on_disk[0] if on_disk else "")
+    kept = f"its last checkpoint {last} is kept" if last else "no checkpoint of it was written yet"
     return f"Interrupted by {exc.signal_name}: {kept}; run the same command again to continue"
 
 
@@ -244,6 +243,15 @@ def disk_error_line(exc):
     """One line for a full or read-only disk hit where no code turned it into a ``UserError``."""
     where = f"Cannot write {exc.filename}: " if exc.filename is not None else ""
     return f"Error: {where}{exc.strerror}"
+
+
+def user_error_exit(exc):
+    """``(one line, exit code)`` for a run error the user can fix; None for a bug (it keeps its traceback)."""
+    if isinstance(exc, RUN_ERRORS):
+        return f"Error: {one_line(exc)}", EXIT_RUN_ERROR
+    if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:  # EACCES/EPERM arrive as PermissionError
+        return disk_error_line(exc), EXIT_RUN_ERROR
+    return None
 
 
 def cli(argv=None):
@@ -260,14 +268,12 @@ def cli(argv=None):
     except RunInterrupted as exc:
         print(interrupted_line(exc, cfg.OUTPUT_DIR), file=sys.stderr)
         return exc.exit_code
-    except RUN_ERRORS as exc:
-        print(f"Error: {one_line(exc)}", file=sys.stderr)
-        return EXIT_RUN_ERROR
-    except OSError as exc:  # EACCES/EPERM arrive as PermissionError, above
-        if exc.errno not in DISK_ERRNOS:
+    except Exception as exc:
+        known = user_error_exit(exc)
+        if known is None:
             raise
-        print(disk_error_line(exc), file=sys.stderr)
-        return EXIT_RUN_ERROR
+        print(known[0], file=sys.stderr)
+        return known[1]
     finally:
         close_logger()
     return 0

@@ -19,19 +19,19 @@ import torch.nn as nn
 from .errors import UnreadableFileError
 from .tools import atomic_open, mkdir_if_missing
 
-CHECKPOINT_POINTER = "checkpoint"
-BEST_NAME = "model-best.pth.tar"
-LAST_NAME = "model-last.pth.tar"
+# The file names and the pointer file are part of the output layout (one definition, no torch needed).
+from dpl.results.layout import (  # noqa: F401  (Dassl's names, re-exported)
+    BEST_NAME,
+    CHECKPOINT_POINTER,
+    LAST_NAME,
+    checkpoint_name,
+    latest_checkpoint_path,
+)
 
 
 def tolist_if_not(x):
     """``x`` as a list (a single item becomes ``[x]``)."""
     return x if isinstance(x, list) else [x]
-
-
-def checkpoint_name(epoch):
-    """Dassl's file name for the checkpoint written after (1-based) ``epoch``."""
-    return f"model.pth.tar-{epoch}"
 
 
 def _strip_module_prefix(state_dict):
@@ -114,16 +114,6 @@ def load_checkpoint(fpath):
             f"Checkpoint {fpath} cannot be read ({reason}): it is truncated or not a checkpoint "
             "(choose another --model-dir / --load-epoch, or delete it and train again)"
         ) from err
-
-
-def latest_checkpoint_path(fdir):
-    """The file named by ``fdir/checkpoint`` (None when there is no pointer file)."""
-    pointer = os.path.join(fdir, CHECKPOINT_POINTER)
-    if not os.path.isfile(pointer):
-        return None
-    with open(pointer, "r") as f:
-        fname = f.readline().strip()
-    return os.path.join(fdir, fname) if fname else None
 
 
 def resume_from_checkpoint(fdir, model, optimizer=None, scheduler=None):
