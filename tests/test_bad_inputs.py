@@ -1,4 +1,4 @@
-"""The bad-input matrix (issue 9): every mistake a user can make with paths, configs, data, weights,
+"""The bad-input matrix: every mistake a user can make with paths, configs, data, weights,
 checkpoints and result folders ends in ONE actionable line and a non-zero exit code.
 
 Each case runs the real entry point: ``train.py`` through its ``cli(argv)`` in-process (a subprocess
@@ -341,7 +341,7 @@ def test_parse_results_on_a_partial_folder(tmp_path, capsys):
     assert_one_line(err, "error: 2 run(s) without a result (--strict): ", f"{tmp_path}/seed2", f"{tmp_path}/seed3")
 
 
-# ----- crashes while writing (issue 9: the previous good file survives, no partial file is read) ------
+# ----- crashes while writing (the previous good file survives, no partial file is read) -----------------
 class SimulatedCrash(BaseException):
     """Stands for a kill mid-write (a BaseException: nothing may catch and carry on)."""
 

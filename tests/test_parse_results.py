@@ -127,7 +127,7 @@ def test_stray_entries_are_listed_not_fatal_and_strict_fails(tmp_path):
 
 
 def write_results_json(run_dir, accuracy, split="test", finished=True, groups=None):
-    """A results.json in the engine's schema (dpl.engine.results, schema_version 1)."""
+    """A results.json in the engine's schema (dpl.results.schema; a version 1 file, without run identity)."""
     record = {"split": split, "finished": finished, "epoch": 1, "accuracy": accuracy,
               "error_rate": 100 - accuracy, "macro_f1": accuracy - 1, "num_samples": 100, "num_correct": 50}
     if groups:

@@ -9,7 +9,7 @@ import difflib
 from dpl.clip.text import class_text
 from dpl.utils.errors import UserError
 
-# CoOp trainers/zsclip.py table; Pocket is the project's embedded dataset (issue 7).
+# CoOp trainers/zsclip.py table; Pocket is the project's embedded dataset.
 CUSTOM_TEMPLATES = {
     "OxfordPets": "a photo of a {}, a type of pet.",
     "OxfordFlowers": "a photo of a {}, a type of flower.",

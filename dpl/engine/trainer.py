@@ -631,7 +631,7 @@ class SimpleTrainer(TrainerBase):
             row["group"] = groups[row["label"]]
 
     def write_results(self, split, results, test_seconds):
-        """Record this test and rewrite ``OUTPUT_DIR/results.json`` atomically (schema: dpl.engine.results)."""
+        """Record this test and rewrite ``OUTPUT_DIR/results.json`` atomically (schema: dpl.results.schema)."""
         if self.code_version is None:
             self.code_version = results_json.code_version()
         identity = self.run_identity
@@ -677,7 +677,6 @@ class TrainerX(SimpleTrainer):
         for self.batch_idx, batch in enumerate(self.train_loader_x, start=self.start_batch):
             data_time.update(time.time() - end)
             loss_summary = self.forward_backward(batch)
-            self.after_step()
             batch_time.update(time.time() - end)
             losses.update(loss_summary)
             if (self.batch_idx + 1) % print_freq == 0 or self.num_batches < print_freq:
@@ -687,6 +686,7 @@ class TrainerX(SimpleTrainer):
                 self.write_scalar("train/" + name, meter.avg, n_iter)
             if self._optims:
                 self.write_scalar("train/lr", self.get_current_lr(), n_iter)
+            self.after_step()
             end = time.time()
 
     def after_step(self):
