@@ -1,4 +1,4 @@
-"""Unit tests of DropoutPrompt's method parts (pure tensor code, method.md §4-§9, §16)."""
+"""Unit tests of DropoutPrompt's method parts (pure tensor code, docs/METHOD.md §4-§9, §16)."""
 import copy
 import math
 from types import SimpleNamespace
@@ -232,7 +232,7 @@ def test_residual_entropy_equals_formula_and_its_gradient_raises_entropy():
 def test_lambda_schedule():
     assert parts.residual_lambda(0, 20, 0.1) == 0.0
     assert round(parts.residual_lambda(10, 20, 0.1), 4) == 0.0739
-    table = {1: 0.0262, 2: 0.0405, 5: 0.0609, 15: 0.0799, 19: 0.0829}  # method.md §9, E = 20
+    table = {1: 0.0262, 2: 0.0405, 5: 0.0609, 15: 0.0799, 19: 0.0829}  # docs/METHOD.md §9, E = 20
     assert {e: round(parts.residual_lambda(e, 20, 0.1), 4) for e in table} == table
     assert [round(parts.residual_lambda(e, 5, 0.1), 4) for e in range(5)] == [0.0, 0.0561, 0.0701, 0.0768, 0.0808]
     assert parts.residual_lambda(0, 20, 0.1, fixed=True) == 0.1

@@ -10,7 +10,7 @@ self-attention to other tokens, attention from K learnable bridge tokens). The l
 
 logged as ``loss_ce``, ``loss_text``, ``loss_img``, ``loss_kl``, ``loss_re``, ``loss_mag`` (each the
 weighted term, so ``loss`` is their sum) and ``lambda``. Inference is the plain prompted model.
-The method's parts live in ``dropout_prompt_parts.py``; ``../shared/reference/method.md`` is the
+The method's parts live in ``dropout_prompt_parts.py``; ``docs/METHOD.md`` is the
 specification (official code: AdamW 2e-4; the shipped configs use PromptSRC's SGD recipe, see the YAML).
 """
 import torch.nn.functional as F

@@ -1,6 +1,6 @@
 """The parts of Dropout Prompt Learning (DroPLe), each a separate, testable unit.
 
-Reference: ``../shared/reference/method.md`` (section numbers below refer to it).
+Specification: ``docs/METHOD.md`` (section numbers below refer to it).
 
 - token importance terms (§4) and their combination, computed without gradients;
 - importance -> per-token drop probability (§5) and the drop draw;
