@@ -89,9 +89,11 @@ def build_config(argv):
         raise PlanConfigError(config_error_line(exc)) from exc
 
 
-def experiment_changes(cfg, base_cfg, defaults):
-    """``{key: value in cfg}`` of the experiment-defining keys where ``cfg`` differs from ``base_cfg``."""
-    full, base = ident.run_identity(cfg, defaults=defaults), ident.run_identity(base_cfg, defaults=defaults)
+def experiment_changes(cfg, base_cfg, defaults, full=None):
+    """``{key: value in cfg}`` of the experiment-defining keys where ``cfg`` differs from ``base_cfg``
+    (``full``: ``cfg``'s identity when the caller has it)."""
+    full = ident.run_identity(cfg, defaults=defaults) if full is None else full
+    base = ident.run_identity(base_cfg, defaults=defaults)
     flat_defaults = ident.flatten_config(defaults)
     changes = {key: full["config"].get(key, flat_defaults.get(key)) for key in set(full["config"]) | set(base["config"])
                if full["config"].get(key) != base["config"].get(key)}
@@ -113,7 +115,9 @@ def plan_request(request, trainer, data="", tag="", defaults=None, load_epoch=""
     defaults = ident.default_config() if defaults is None else defaults
     flags = train_py_flags(request, trainer, data)
     cfg = build_config(flags + request.protocol_opts + request.user_opts)
-    variant = layout.variant_name(experiment_changes(cfg, build_config(flags + request.protocol_opts), defaults), tag)
+    identity = ident.run_identity(cfg, defaults=defaults)  # an evaluation's adds its model, once that is known
+    changes = experiment_changes(cfg, build_config(flags + request.protocol_opts), defaults, full=identity)
+    variant = layout.variant_name(changes, tag)
     model = plan_request(request.model, trainer, data, tag, defaults) if request.model is not None else None
     if request.kind == "test" and load_epoch:
         variant = ",".join(filter(None, [variant, f"LOADEP={int(load_epoch)}"]))
@@ -121,7 +125,7 @@ def plan_request(request, trainer, data="", tag="", defaults=None, load_epoch=""
     run_dir = request.place(layout_cfg, layout.config_folder(request.tag(layout_cfg), variant))
     planned = PlannedRun(request, flags, cfg, os.path.abspath(run_dir), variant, model=model)
     if request.kind == "train":
-        planned.identity = ident.run_identity(cfg, defaults=defaults)
+        planned.identity = identity
     return planned
 
 

@@ -175,10 +175,13 @@ def read_state(run_dir, keyword="accuracy"):
     state = RunState(run_dir)
     if not os.path.isdir(run_dir):
         return state
-    doc = read_results(os.path.join(run_dir, RESULTS_NAME))
+    json_path = os.path.join(run_dir, RESULTS_NAME)
+    doc = read_results(json_path)
     if is_finished(doc):
         state.finished, state.identity = True, recorded_identity(doc)[1]
-        state.result = _result_text(parse_run(run_dir, keyword), keyword) or f"{run_dir}/{RESULTS_NAME}"
+        record = final_test_record(doc)
+        value = record.get(JSON_KEY_ALIASES.get(keyword, keyword)) if record is not None else None
+        state.result = f"{json_path}: {keyword} {value:.2f}%" if isinstance(value, (int, float)) else json_path
         return state
     if doc is None or recorded_identity(doc)[1] is None:  # a folder of older code: its logs may hold the result
         result = parse_run(run_dir, keyword, use_json=False)
