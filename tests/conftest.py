@@ -55,3 +55,8 @@ def tiny_clip_path(tmp_path_factory, tiny_clip):
     path = tmp_path_factory.mktemp("weights") / "tiny_clip.pt"
     torch.save(tiny_clip.state_dict(), path)
     return path
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true",
+                     help="rewrite tests/golden/*.json from this code (after an intended change to a method's numbers)")
