@@ -2,7 +2,7 @@
 ``classnames.txt`` (ImageNet's). Labels are re-indexed 0..199 in sorted wnid order and the class
 names are ImageNet's, so the text side uses exactly these 200 names."""
 from dpl.data.datasets import DATASET_REGISTRY, BenchmarkDataset
-from dpl_datasets.imagenet import read_imagenet_subset
+from dpl.data.datasets.imagenet_folders import read_imagenet_subset
 
 
 @DATASET_REGISTRY.register()

@@ -1,7 +1,7 @@
 """ImageNet-R, test only: ``imagenet-rendition/imagenet-r/<wnid>/`` (200 of ImageNet's classes) +
 ``classnames.txt`` (ImageNet's); labels re-indexed 0..199 in sorted wnid order, ImageNet class names."""
 from dpl.data.datasets import DATASET_REGISTRY, BenchmarkDataset
-from dpl_datasets.imagenet import read_imagenet_subset
+from dpl.data.datasets.imagenet_folders import read_imagenet_subset
 
 
 @DATASET_REGISTRY.register()

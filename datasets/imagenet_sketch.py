@@ -1,6 +1,6 @@
 """ImageNet-Sketch, test only: ``imagenet-sketch/images/<wnid>/`` + ``classnames.txt``; 1000 classes."""
 from dpl.data.datasets import DATASET_REGISTRY, BenchmarkDataset
-from dpl_datasets.imagenet import read_imagenet_subset
+from dpl.data.datasets.imagenet_folders import read_imagenet_subset
 
 
 @DATASET_REGISTRY.register()

@@ -3,7 +3,7 @@
 import os
 
 from dpl.data.datasets import DATASET_REGISTRY, BenchmarkDataset, class_folder_items
-from dpl_datasets.imagenet import read_imagenet_classnames
+from dpl.data.datasets.imagenet_folders import read_imagenet_classnames
 
 
 @DATASET_REGISTRY.register()

@@ -4,11 +4,16 @@ The folders keep CoOp's names but are deliberately *not* top-level packages: ``d
 the name of Hugging Face's package, and shadowing it would break user code. They are imported
 under the private package names ``dpl_datasets`` and ``dpl_trainers`` instead, which also lets
 users add a loader or trainer by dropping a file into the folder (no import line to add).
+
+The files in them are leaves: each imports ``dpl`` only, never another file of the folders, so each
+is imported on its own and a broken one is left out with a warning naming its path; only a run that
+selects what it would have registered fails (its error lists the broken files).
 """
 import importlib
 import importlib.util
 import sys
 import types
+import warnings
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -30,10 +35,17 @@ def _package(name, folder):
     return module
 
 
-def import_project_modules():
-    """Import every module in ``datasets/`` and ``trainers/``; registration happens on import.
+# Leaf files that raised on import, ``{path: "ExceptionType: message"}``. Like ``sys.modules`` (whose
+# complement it is) it lives as long as the process, so a broken file is reported and tried once.
+_BROKEN_LEAVES = {}
 
-    Idempotent: modules already imported are not re-executed.
+
+def import_project_modules():
+    """Import every leaf in ``datasets/`` and ``trainers/``; registration happens on import.
+
+    Each leaf is imported on its own: one that raises is left out (one warning line on stderr naming
+    its path and the error) and the others still register. Idempotent: imported or broken leaves are
+    not executed again. Returns ``broken_leaves()``.
     """
     for package, folder in PROJECT_PACKAGES.items():
         if not folder.is_dir():
@@ -43,10 +55,55 @@ def import_project_modules():
             )
         _package(package, folder)
         for path in sorted(folder.glob("*.py")):
-            if path.stem.startswith("_"):
-                continue
-            importlib.import_module(f"{package}.{path.stem}")
+            if not path.stem.startswith("_"):
+                _import_leaf(f"{package}.{path.stem}", path)
+    return broken_leaves()
+
+
+def _import_leaf(module_name, path):
+    if module_name in sys.modules or str(path) in _BROKEN_LEAVES:
+        return
+    try:
+        importlib.import_module(module_name)
+    except Exception as exc:  # a user's file may raise anything; it must not take the other leaves down
+        _BROKEN_LEAVES[str(path)] = f"{type(exc).__name__}: {exc}"
+        print(f"Warning: {path} failed to import and is left out ({_BROKEN_LEAVES[str(path)]}); "
+              "only a run that selects what it defines fails", file=sys.stderr)
+
+
+def broken_leaves(folder=None):
+    """``{path: error}`` of the leaves that failed to import (those in ``folder`` only, when given)."""
+    return {path: error for path, error in _BROKEN_LEAVES.items()
+            if folder is None or Path(path).parent == Path(folder)}
+
+
+def broken_leaves_note(folder):
+    """A sentence for a "not registered" error: the files of ``folder`` that failed to import, else ""."""
+    broken = broken_leaves(folder)
+    if not broken:
+        return ""
+    return " Files that failed to import: " + "; ".join(f"{path} ({error})" for path, error in broken.items())
+
+
+class _RenamedModule(types.ModuleType):
+    """A module name kept for old imports: attribute access warns once and reads the new module."""
+
+    def __init__(self, name, target):
+        super().__init__(name)
+        self._target = target
+        self._warned = False
+
+    def __getattr__(self, attr):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        if not self._warned:
+            self._warned = True
+            warnings.warn(f"{self.__name__} was renamed {self._target}: import from {self._target} (the old name "
+                          "is kept for one release)", FutureWarning, stacklevel=2)
+        return getattr(importlib.import_module(self._target), attr)
 
 
 _package("dpl_datasets", PROJECT_PACKAGES["dpl_datasets"])
 _package("dpl_trainers", PROJECT_PACKAGES["dpl_trainers"])
+# The trainer base moved from trainers/base.py into the library; users' trainers may still import it.
+sys.modules.setdefault("dpl_trainers.base", _RenamedModule("dpl_trainers.base", "dpl.prompting"))

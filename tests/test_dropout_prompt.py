@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import train
 from datagen import make_dataset
 from dpl_trainers import dropout_prompt as dpl
-from dpl_trainers import dropout_prompt_parts as parts
+from dpl import drople as parts
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "configs" / "trainers" / "DropoutPrompt"

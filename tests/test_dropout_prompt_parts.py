@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dpl_trainers import dropout_prompt_parts as parts
+from dpl import drople as parts
 
 
 def make_layout(modality, global_index, eligible):

@@ -159,7 +159,7 @@ def check_base_to_new_evaluation(tmp_path, weights, trainer, config, model_name,
 
 # ----- precision and depth --------------------------------------------------------------------------
 def test_fp16_and_amp_fall_back_to_fp32_on_cpu_with_one_line(capsys):
-    from dpl_trainers.base import effective_precision
+    from dpl.prompting import effective_precision
 
     cpu = torch.device("cpu")
     assert effective_precision("fp32", cpu) == "fp32"
@@ -173,7 +173,7 @@ def test_fp16_and_amp_fall_back_to_fp32_on_cpu_with_one_line(capsys):
 
 
 def test_prompt_depth_is_clamped_to_the_backbone_with_one_line(capsys):
-    from dpl_trainers.base import clamp_depth
+    from dpl.prompting import clamp_depth
 
     assert clamp_depth(2, 3, "KEY") == 2
     assert capsys.readouterr().out == ""
@@ -187,7 +187,7 @@ def test_prompt_depth_is_clamped_to_the_backbone_with_one_line(capsys):
 def _coop_model(csc=False, n_ctx=4, classnames=CLASSNAMES):
     from yacs.config import CfgNode as CN
 
-    from dpl_trainers.coop import COOP_DEFAULTS, CoOpModel
+    from dpl.prompting import COOP_DEFAULTS, CoOpModel
 
     return CoOpModel(make_tiny_clip(), classnames, CN(dict(COOP_DEFAULTS, N_CTX=n_ctx, CSC=csc)))
 
@@ -295,7 +295,8 @@ def test_trainer_config_merges_and_its_name_tells_the_truth(path):
 
 
 def test_fp16_frozen_weights_keep_learnable_tensors_fp32_and_trainable():
-    from dpl_trainers.ivlp import IVLP_DEFAULTS, IVLPModel
+    from dpl.prompting import IVLPModel
+    from dpl_trainers.ivlp import IVLP_DEFAULTS
     from yacs.config import CfgNode as CN
 
     model = IVLPModel(make_tiny_clip(), CLASSNAMES, CN(dict(IVLP_DEFAULTS, PROMPT_DEPTH_TEXT=2, PROMPT_DEPTH_VISION=2)))

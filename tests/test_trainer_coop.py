@@ -15,7 +15,7 @@ CLASSNAMES = ["banded", "bumpy_thing"]
 
 
 def _learner(**node):
-    from dpl_trainers.coop import COOP_DEFAULTS, CoOpPromptLearner
+    from dpl.prompting import COOP_DEFAULTS, CoOpPromptLearner
 
     node = CN(dict(COOP_DEFAULTS, **node))
     return CoOpPromptLearner(make_tiny_clip(), CLASSNAMES, node.N_CTX, node.CTX_INIT, node.CSC,

@@ -16,7 +16,8 @@ LEARNABLE = ["prompt_learner.ctx", "prompt_learner.deep_text", "prompt_learner.v
 
 
 def _model(**node):
-    from dpl_trainers.ivlp import IVLP_DEFAULTS, IVLPModel
+    from dpl.prompting import IVLPModel
+    from dpl_trainers.ivlp import IVLP_DEFAULTS
 
     return IVLPModel(make_tiny_clip(), ["banded", "bumpy_thing"], CN(dict(IVLP_DEFAULTS, **node)))
 

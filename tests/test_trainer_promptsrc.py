@@ -23,7 +23,7 @@ COMPONENTS = ["loss_ce", "loss_scl_text", "loss_scl_image", "loss_kl"]
 
 # ----- losses ---------------------------------------------------------------------------------------
 def test_l1_and_kl_terms_equal_their_formulas():
-    from dpl_trainers.promptsrc import kl_to_teacher, l1_consistency, promptsrc_consistency_losses
+    from dpl.prompting import kl_to_teacher, l1_consistency, promptsrc_consistency_losses
 
     a, b = torch.tensor([[1.0, -2.0], [0.5, 0.0]]), torch.tensor([[0.0, 0.0], [0.5, 1.0]])
     assert l1_consistency(a, b).item() == pytest.approx((1 + 2 + 0 + 1) / 4)
@@ -73,7 +73,7 @@ def test_trainer_losses_use_the_frozen_teachers(tmp_path, tiny_clip_path):
 
 # ----- GPA ------------------------------------------------------------------------------------------
 def test_gpa_weights_are_the_normalised_gaussian_pdf():
-    from dpl_trainers.promptsrc import gaussian_epoch_weights
+    from dpl.prompting import gaussian_epoch_weights
 
     weights = gaussian_epoch_weights(20, 15, 1)
     pdf = torch.tensor([math.exp(-0.5 * (e - 15) ** 2) / math.sqrt(2 * math.pi) for e in range(1, 21)],
@@ -87,7 +87,7 @@ def test_gpa_weights_are_the_normalised_gaussian_pdf():
 
 
 def test_gpa_aggregate_is_the_weighted_sum_in_fp32_and_survives_a_state_round_trip():
-    from dpl_trainers.promptsrc import GaussianPromptAggregator
+    from dpl.prompting import GaussianPromptAggregator
 
     gpa = GaussianPromptAggregator(3, 2, 1)
     thetas = [torch.full((2, 3), float(e + 1), dtype=torch.float16) for e in range(3)]

@@ -10,7 +10,7 @@ self-attention to other tokens, attention from K learnable bridge tokens). The l
 
 logged as ``loss_ce``, ``loss_text``, ``loss_img``, ``loss_kl``, ``loss_re``, ``loss_mag`` (each the
 weighted term, so ``loss`` is their sum) and ``lambda``. Inference is the plain prompted model.
-The method's parts live in ``dropout_prompt_parts.py``; ``docs/METHOD.md`` is the
+The method's components are ``dpl.drople``; ``docs/METHOD.md`` is the
 specification (official code: AdamW 2e-4; the shipped configs use PromptSRC's SGD recipe, see the YAML).
 """
 import torch.nn.functional as F
@@ -18,17 +18,9 @@ import torch.nn.functional as F
 from dpl.clip import PROMPTSRC_TEMPLATES, dataset_template
 from dpl.engine import TRAINER_REGISTRY
 from dpl.engine.errors import UserError
-from dpl_trainers.base import add_trainer_node
-from dpl_trainers.dropout_prompt_parts import (
-    AlignmentGuidance,
-    TokenDropout,
-    TokenDropoutHook,
-    mag_alignment_loss,
-    residual_entropies,
-    residual_entropy_loss,
-    residual_lambda,
-)
-from dpl_trainers.promptsrc import PromptSRC, PromptSRCModel, kl_to_teacher, l1_consistency
+from dpl.drople import (AlignmentGuidance, TokenDropout, TokenDropoutHook, mag_alignment_loss, residual_entropies,
+                        residual_entropy_loss, residual_lambda)
+from dpl.prompting import PromptSRCModel, SelfRegulatingTrainer, add_trainer_node, kl_to_teacher, l1_consistency
 
 DPL_DEFAULTS = dict(
     # IVLP prompts (base-to-novel: depth 9/9 as PromptSRC; the official code's vision depth is 6)
@@ -132,7 +124,7 @@ class DropoutPromptModel(PromptSRCModel):
 
 
 @TRAINER_REGISTRY.register()
-class DropoutPrompt(PromptSRC):
+class DropoutPrompt(SelfRegulatingTrainer):
     """Dropout Prompt Learning (cfg node ``TRAINER.DPL``)."""
 
     CFG_NODE = "DPL"

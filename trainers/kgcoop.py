@@ -13,8 +13,7 @@ import torch.nn.functional as F
 
 from dpl.clip import dataset_template
 from dpl.engine import TRAINER_REGISTRY
-from dpl_trainers.base import add_trainer_node
-from dpl_trainers.coop import COOP_DEFAULTS, CoOp, CoOpModel
+from dpl.prompting import COOP_DEFAULTS, ClipPromptTrainer, CoOpModel, add_trainer_node
 
 KGCOOP_DEFAULTS = dict(COOP_DEFAULTS, W=8.0)
 COSINE_EPS = 1e-07
@@ -36,7 +35,7 @@ class KgCoOpModel(CoOpModel):
 
 
 @TRAINER_REGISTRY.register()
-class KgCoOp(CoOp):
+class KgCoOp(ClipPromptTrainer):
     """Knowledge-guided Context Optimization (cfg node ``TRAINER.KGCOOP``); logs ``loss_ce`` and ``loss_kg``."""
 
     CFG_NODE = "KGCOOP"

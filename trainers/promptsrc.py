@@ -1,28 +1,12 @@
 """PromptSRC (Khattak et al., ICCV'23): IVLP prompts + self-regulating consistency + Gaussian prompt aggregation.
 
-Per step, with ``txt_f``/``img_f`` the normalised prompted features and ``logits = s * img_f @ txt_f^T``:
-``L = CE + L_KL + TEXT_LOSS_WEIGHT * mean|txt_f - t^zs| + IMAGE_LOSS_WEIGHT * mean|img_f - i^zs|``,
-``t^zs`` the normalised mean of the frozen text features over the 60 PromptSRC templates
-(a non-persistent buffer), ``i^zs`` the frozen image features of the same batch (prompts off, no grad),
-``L_KL = sum p_zs (log p_zs - log p) / (B * C)``. Gaussian prompt aggregation (GPA) keeps
-``sum_e g(e) * theta_e`` over epochs ``e = 1..MAX_EPOCH`` (``g`` = normalised pdf of
-``N(GPA_MEAN, GPA_STD^2)``) for the learnable prompt tensors only, in fp32, as checkpointed trainer
-state, and loads it into the prompts after the last epoch.
-
-Reusable units (DropoutPrompt builds on them): ``l1_consistency``, ``kl_to_teacher``,
-``promptsrc_consistency_losses``, ``gaussian_epoch_weights``, ``GaussianPromptAggregator``,
-``PromptSRCModel`` (``teacher_text_features``, ``zero_shot_image_features``, ``forward_train``).
+``L = CE + L_KL + TEXT_LOSS_WEIGHT * L1_text + IMAGE_LOSS_WEIGHT * L1_image``; the losses, GPA and the
+model are ``dpl.prompting.promptsrc``.
 """
-import math
-
-import torch
 import torch.nn.functional as F
 
-from dpl.clip import PROMPTSRC_TEMPLATES
 from dpl.engine import TRAINER_REGISTRY
-from dpl.engine.errors import UserError
-from dpl_trainers.base import add_trainer_node
-from dpl_trainers.ivlp import IVLP, IVLPModel
+from dpl.prompting import PromptSRCModel, SelfRegulatingTrainer, add_trainer_node, promptsrc_consistency_losses
 
 PROMPTSRC_DEFAULTS = dict(
     N_CTX_VISION=4,
@@ -38,127 +22,9 @@ PROMPTSRC_DEFAULTS = dict(
     GPA_MEAN=15.0,
     GPA_STD=1.0,
 )
-GPA_LOG_LINE = "Using GPA model for final inference..."
-
-
-# ----- losses ---------------------------------------------------------------------------------------
-def l1_consistency(features, teacher_features):
-    """Mean absolute difference of two feature sets of the same shape."""
-    return F.l1_loss(features.float(), teacher_features.float(), reduction="mean")
-
-
-def kl_to_teacher(logits, teacher_logits):
-    """``KL(softmax(teacher) || softmax(logits))`` summed over ``[B, C]`` and divided by ``B * C``."""
-    log_p = F.log_softmax(logits.float(), dim=-1)
-    log_p_teacher = F.log_softmax(teacher_logits.float(), dim=-1)
-    return F.kl_div(log_p, log_p_teacher, reduction="sum", log_target=True) / logits.numel()
-
-
-def promptsrc_consistency_losses(text_features, image_features, logits, teacher_text_features,
-                                 teacher_image_features, teacher_logits, text_weight, image_weight, kl_weight=1.0):
-    """The weighted self-regulating terms, keyed as logged: ``loss_scl_text``, ``loss_scl_image``, ``loss_kl``.
-
-    text [C, D] and image [B, D] features normalised, logits [B, C]; teachers of the same shapes.
-    """
-    return {
-        "loss_scl_text": text_weight * l1_consistency(text_features, teacher_text_features),
-        "loss_scl_image": image_weight * l1_consistency(image_features, teacher_image_features),
-        "loss_kl": kl_weight * kl_to_teacher(logits, teacher_logits),
-    }
-
-
-# ----- Gaussian prompt aggregation ------------------------------------------------------------------
-def gaussian_epoch_weights(num_epochs, mean, std):
-    """``[num_epochs]`` float64: pdf of ``N(mean, std^2)`` at epochs ``1..num_epochs``, normalised to sum 1."""
-    if num_epochs < 1 or std <= 0:
-        raise UserError(f"GPA needs OPTIM.MAX_EPOCH >= 1 and GPA_STD > 0 (got {num_epochs} and {std})")
-    epochs = torch.arange(1, num_epochs + 1, dtype=torch.float64)
-    pdf = torch.exp(-0.5 * ((epochs - mean) / std) ** 2) / (std * math.sqrt(2 * math.pi))
-    if pdf.sum() <= 0:  # every epoch is many std away from the mean: the pdf underflows
-        raise UserError(f"GPA weights vanish for GPA_MEAN {mean}, GPA_STD {std} over {num_epochs} epochs")
-    return pdf / pdf.sum()
-
-
-class GaussianPromptAggregator:
-    """Running ``sum_e g(e) * theta_e`` of named tensors, in fp32, with a checkpointable state.
-
-    ``add(epoch, tensors)`` with the 0-based epoch that just ended; ``aggregate()`` the sum so far;
-    ``load_into(tensors)`` copies it into the given (parameter) tensors.
-    """
-
-    def __init__(self, num_epochs, mean, std):
-        self.weights = gaussian_epoch_weights(num_epochs, mean, std)
-        self.sums = {}
-        self.epochs = []
-
-    def add(self, epoch, tensors):
-        if not 0 <= epoch < len(self.weights):
-            raise ValueError(f"epoch {epoch} is outside the {len(self.weights)} GPA epochs")
-        if epoch in self.epochs:
-            raise ValueError(f"epoch {epoch} was already aggregated")
-        weight = float(self.weights[epoch])
-        for name, tensor in tensors.items():
-            value = tensor.detach().float()
-            previous = self.sums.get(name)
-            self.sums[name] = value * weight if previous is None else previous.to(value.device) + value * weight
-        self.epochs.append(epoch)
-
-    def aggregate(self):
-        return {name: value.clone() for name, value in self.sums.items()}
-
-    @torch.no_grad()
-    def load_into(self, tensors):
-        missing = sorted(set(tensors) - set(self.sums))
-        if missing:
-            raise ValueError(f"no aggregate for {missing}")
-        for name, tensor in tensors.items():
-            tensor.copy_(self.sums[name].to(device=tensor.device, dtype=tensor.dtype))
-
-    def state_dict(self):
-        return {"weights": self.weights.clone(), "sums": self.aggregate(), "epochs": list(self.epochs)}
-
-    def load_state_dict(self, state):
-        saved = state["weights"].to(self.weights)
-        if saved.shape != self.weights.shape or not torch.allclose(saved, self.weights, rtol=0, atol=1e-12):
-            raise UserError(
-                "the checkpoint's GPA weights differ from this run's (OPTIM.MAX_EPOCH, GPA_MEAN or GPA_STD "
-                "changed): resume with the settings of the interrupted run"
-            )
-        self.sums = {name: value.float() for name, value in state["sums"].items()}
-        self.epochs = list(state["epochs"])
-
-
-# ----- model and trainer ----------------------------------------------------------------------------
-class PromptSRCModel(IVLPModel):
-    """IVLP model + ``teacher_text_features`` [C, D] (normalised 60-template mean, not checkpointed)."""
-
-    def __init__(self, clip_model, classnames, node, key_prefix="TRAINER.PROMPTSRC", templates=PROMPTSRC_TEMPLATES):
-        super().__init__(clip_model, classnames, node, key_prefix)
-        teacher = self.frozen_class_text_features(classnames, templates, normalize_each=False)
-        self.register_buffer("teacher_text_features", teacher, persistent=False)
-
-    @torch.no_grad()
-    def zero_shot_image_features(self, images):
-        """Normalised ``[B, D]`` features of the frozen image encoder with prompts off."""
-        return F.normalize(self.vision_encoder(images).float(), dim=-1)
-
-    def forward_train(self, images, text_hook=None, vision_hook=None):
-        """Student and teacher features/logits of one training batch (a dict of tensors)."""
-        text_features = self.encode_text(hook=text_hook)  # [C, D]
-        image_features = self.encode_image(images, hook=vision_hook)  # [B, D]
-        teacher_image_features = self.zero_shot_image_features(images)
-        return {
-            "text_features": text_features,
-            "image_features": image_features,
-            "logits": self.logits(image_features, text_features),
-            "teacher_text_features": self.teacher_text_features,
-            "teacher_image_features": teacher_image_features,
-            "teacher_logits": self.logits(teacher_image_features, self.teacher_text_features),
-        }
-
 
 @TRAINER_REGISTRY.register()
-class PromptSRC(IVLP):
+class PromptSRC(SelfRegulatingTrainer):
     """PromptSRC (cfg node ``TRAINER.PROMPTSRC``).
 
     Logs ``loss_ce``, ``loss_scl_text``, ``loss_scl_image``, ``loss_kl`` (weighted, summing to ``loss``).
@@ -174,14 +40,6 @@ class PromptSRC(IVLP):
     def build_clip_model(self, clip_model, classnames):
         return PromptSRCModel(clip_model, classnames, self.node, key_prefix=f"TRAINER.{self.CFG_NODE}")
 
-    def build_model(self):
-        super().build_model()
-        self.gpa = self.build_gpa()
-
-    def build_gpa(self):
-        """The prompt aggregator, or None for a subclass that makes GPA optional."""
-        return GaussianPromptAggregator(self.max_epoch, self.node.GPA_MEAN, self.node.GPA_STD)
-
     def compute_losses(self, images, labels):
         out = self.model.forward_train(images)
         losses = {"loss_ce": F.cross_entropy(out["logits"], labels)}
@@ -191,33 +49,3 @@ class PromptSRC(IVLP):
             self.node.IMAGE_LOSS_WEIGHT,
         ))
         return out["logits"], losses
-
-    # --- GPA
-    def gpa_tensors(self):
-        """The tensors GPA aggregates: the learnable prompt parameters, named as in the checkpoint."""
-        return {f"prompt_learner.{name}": p for name, p in self.model.prompt_learner.named_parameters()
-                if p.requires_grad}
-
-    def after_epoch(self):
-        """Aggregate this epoch's prompts; after the last epoch use the aggregate (before it is saved)."""
-        if self.gpa is not None:
-            self.gpa.add(self.epoch, self.gpa_tensors())
-            if self.epoch + 1 == self.max_epoch:
-                print(GPA_LOG_LINE)
-                self.gpa.load_into(self.gpa_tensors())
-        super().after_epoch()
-
-    def get_trainer_state(self):
-        state = super().get_trainer_state()
-        if self.gpa is not None:
-            state["gpa"] = self.gpa.state_dict()
-        return state
-
-    def set_trainer_state(self, state):
-        if (self.gpa is not None) != ("gpa" in state):
-            saved = "with" if "gpa" in state else "without"
-            raise UserError(f"the checkpoint was trained {saved} prompt aggregation (GPA): resume with the same "
-                            f"setting as the run that wrote it")
-        super().set_trainer_state(state)
-        if self.gpa is not None:
-            self.gpa.load_state_dict(state["gpa"])

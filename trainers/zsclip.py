@@ -11,7 +11,7 @@ across instances). Config: ``configs/trainers/ZeroshotCLIP/*.yaml`` (input setti
 from dpl.clip import IMAGENET_TEMPLATES_SELECT, dataset_template
 from dpl.engine import TRAINER_REGISTRY
 from dpl.engine.errors import UserError
-from dpl_trainers.base import ClipPromptModel, ClipPromptTrainer, add_trainer_node
+from dpl.prompting import ClipPromptModel, ClipPromptTrainer, add_trainer_node
 
 ZSCLIP_DEFAULTS = dict(PREC="fp16")
 

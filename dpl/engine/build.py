@@ -1,5 +1,5 @@
 """``TRAINER_REGISTRY``, ``build_trainer`` and the per-trainer config nodes (``extend_cfg``, checks)."""
-from dpl.project import import_project_modules
+from dpl.project import PROJECT_PACKAGES, broken_leaves_note, import_project_modules
 from dpl.utils.registry import Registry, check_availability
 
 from .errors import UserError
@@ -12,7 +12,8 @@ def build_trainer(cfg):
     """The trainer class named by ``cfg.TRAINER.NAME`` (registry key = class name), constructed with ``cfg``."""
     import_project_modules()
     name = cfg.TRAINER.NAME
-    check_availability(name, TRAINER_REGISTRY.registered_names(), "trainer (--trainer / TRAINER.NAME)")
+    check_availability(name, TRAINER_REGISTRY.registered_names(), "trainer (--trainer / TRAINER.NAME)",
+                       broken_leaves_note(PROJECT_PACKAGES["dpl_trainers"]))
     if cfg.VERBOSE:
         print(f"Loading trainer: {name}")
     return TRAINER_REGISTRY.get(name)(cfg)

@@ -51,12 +51,15 @@ class UnknownNameError(UserError, ValueError):
     """A name (trainer, dataset, optimizer, ...) that is not registered: a user error, not a bug."""
 
 
-def check_availability(requested, available, what):
-    """Raise UnknownNameError naming the closest registered name (Dassl's "do you mean" message)."""
+def check_availability(requested, available, what, note=""):
+    """Raise UnknownNameError naming the closest registered name (Dassl's "do you mean" message).
+
+    ``note``: a sentence appended to the message (e.g. which files failed to register anything).
+    """
     if requested in available:
         return
     close = difflib.get_close_matches(requested, available, n=1, cutoff=0.0)
     hint = f" (do you mean [{close[0]}]?)" if close else ""
     raise UnknownNameError(
-        f'The requested {what} "{requested}" is not registered; available: {sorted(available)}{hint}'
+        f'The requested {what} "{requested}" is not registered; available: {sorted(available)}{hint}{note}'
     )

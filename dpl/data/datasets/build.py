@@ -9,11 +9,12 @@ def build_dataset(cfg):
 
     Imports the project's ``datasets/`` folder first, so loaders need no import line anywhere.
     """
-    from dpl.project import import_project_modules
+    from dpl.project import PROJECT_PACKAGES, broken_leaves_note, import_project_modules
 
     import_project_modules()
     available = DATASET_REGISTRY.registered_names()
-    check_availability(cfg.DATASET.NAME, available, "dataset (DATASET.NAME)")
+    check_availability(cfg.DATASET.NAME, available, "dataset (DATASET.NAME)",
+                       broken_leaves_note(PROJECT_PACKAGES["dpl_datasets"]))
     if cfg.VERBOSE:
         print(f"Loading dataset: {cfg.DATASET.NAME}")
     return DATASET_REGISTRY.get(cfg.DATASET.NAME)(cfg)

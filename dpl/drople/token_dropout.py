@@ -1,26 +1,18 @@
-"""The parts of Dropout Prompt Learning (DroPLe), each a separate, testable unit.
-
-Specification: ``docs/METHOD.md`` (section numbers below refer to it).
+"""Importance-weighted token dropout (``docs/METHOD.md`` §4-§6), computed on whole batches.
 
 - token importance terms (§4) and their combination, computed without gradients;
 - importance -> per-token drop probability (§5) and the drop draw;
 - the token perturbation: ``gaussian`` (official), ``zero`` (inverted token dropout), ``none`` (§6);
-- the Multimodal Alignment Guidance (MAG) module and its loss (§8);
-- ``TokenDropoutHook``: the ``LayerHook`` that applies importance-weighted token dropout inside the
-  prompted CLIP encoders and records the MAG features of the alignment loss (§7, §8);
-- the residual entropy loss and its lambda schedule (§9).
+- ``TokenDropout``: the settings and the call that perturbs one hidden-state tensor.
 
 Shapes: ``N`` sequences (images or class prompts), ``H`` heads, ``L`` tokens, ``K`` bridge tokens,
-``D`` widths. Every function works on whole batches (no Python loops over sequences or tokens).
+``D`` widths. No Python loops over sequences or tokens.
 """
 import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
-
-from dpl.clip.prompted import LayerHook
 
 # Importance sources (TRAINER.DPL.IMPORTANCE): the terms each one averages. "uniform" uses no importance
 # at all (every eligible token is dropped with the fixed rate UNIFORM_P: vanilla token dropout).
@@ -34,8 +26,7 @@ IMPORTANCE_TERMS = {
 PERTURBATIONS = ("gaussian", "zero", "none")
 
 L1_EPS = 1e-8  # guard of the L1 normalisation of each importance term (§4)
-ENTROPY_EPS = 1e-5  # inside log(p + eps) of the entropy (§9, as in SHOT)
-RESIDUAL_DENOMINATOR_MIN = 1e-3  # guard of 1 - lambda (§9)
+KEEP_PROBABILITY_MIN = 1e-3  # guard of the 1 / (1 - p) rescaling of kept tokens (§6)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -181,7 +172,7 @@ def perturb_tokens(x, dropped, probability, mode, sigma):
         noise = 1.0 + sigma * torch.randn_like(selected)
         return x.index_put((rows, cols), selected * noise)
     if mode == "zero":
-        keep_scale = 1.0 / (1.0 - probability).clamp_min(RESIDUAL_DENOMINATOR_MIN)
+        keep_scale = 1.0 / (1.0 - probability).clamp_min(KEEP_PROBABILITY_MIN)
         scale = torch.where(dropped, torch.zeros_like(keep_scale), keep_scale)  # [N, L']
         scale = F.pad(scale, (0, x.shape[1] - scale.shape[1]), value=1.0)  # [N, L]
         return x * scale[..., None].to(x.dtype)
@@ -261,150 +252,3 @@ class TokenDropout:
             probability = self.probability(layout, attn, mag_attn, length)
             dropped = draw_drops(probability)
         return perturb_tokens(x, dropped, probability, self.perturbation, self.sigma)
-
-
-# --------------------------------------------------------------------------------------------------
-# Multimodal Alignment Guidance (§8)
-# --------------------------------------------------------------------------------------------------
-class AlignmentGuidance(nn.Module):
-    """K learnable bridge tokens shared by both modalities and all layers, with one linear map per modality.
-
-    ``forward(x, modality, attended)`` returns the attention ``M = softmax_L(tau * Z (W x)^T)`` [N, K, L]
-    (no 1/sqrt(d) scaling, masked positions get 0) and the aggregated features ``F = M (W x)`` [N, K, D_text].
-    """
-
-    def __init__(self, num_tokens, vision_width, text_width, temperature=1.0):
-        super().__init__()
-        if num_tokens < 1:
-            raise ValueError(f"TRAINER.DPL.MAG_TOKENS={num_tokens}: need at least one bridge token")
-        self.temperature = float(temperature)
-        self.tokens = nn.Parameter(torch.empty(num_tokens, text_width))
-        nn.init.kaiming_uniform_(self.tokens)
-        self.vision_proj = nn.Linear(vision_width, text_width)
-        self.text_proj = nn.Linear(text_width, text_width)
-
-    def forward(self, x, modality, attended=None):
-        proj = self.vision_proj if modality == "vision" else self.text_proj
-        projected = proj(x.to(self.tokens.dtype))  # [N, L, D]
-        logits = self.temperature * torch.einsum("kd,nld->nkl", self.tokens, projected)
-        if attended is not None:
-            logits = logits.masked_fill(~attended[:, None, :], -math.inf)
-        attention = logits.softmax(dim=-1)  # [N, K, L]
-        return attention, attention @ projected
-
-
-def mag_alignment_loss(vision_features, text_features, labels):
-    """Mean over layer pairs, batch and bridge tokens of (1 - cos(F^v_{b,q}, F^t_{y_b,q})) / 2.
-
-    vision_features: list of [B, K, D] per layer (in layer order), text_features: list of [C, K, D]; the
-    i-th entries are paired, for i < min of the two lengths.
-    """
-    pairs = min(len(vision_features), len(text_features))
-    if pairs == 0:
-        raise ValueError("mag_alignment_loss needs at least one vision and one text layer")
-    vision = torch.stack(vision_features[:pairs])  # [P, B, K, D]
-    text = torch.stack(text_features[:pairs])[:, labels]  # [P, B, K, D]
-    return ((1.0 - F.cosine_similarity(vision, text, dim=-1)) / 2.0).mean()
-
-
-# --------------------------------------------------------------------------------------------------
-# The layer hook (§7)
-# --------------------------------------------------------------------------------------------------
-class TokenDropoutHook(LayerHook):
-    """Importance-weighted token dropout inside one encoder call, plus MAG feature recording.
-
-    The prompted encoders call the hook after block ``layer`` and after block ``layer + 1``'s deep prompts
-    are in place, so what it returns is exactly the input of block ``layer + 1``. Ordering decision: the
-    perturbation is applied *after* the next layer's prompts replace the prompt positions, so it reaches
-    block ``layer + 1`` for every eligible token, the freshly inserted prompts included (perturbing before
-    the replacement would discard it at every prompted layer but the last). Importance and MAG read the
-    same tensor: block ``layer``'s output with block ``layer + 1``'s prompts at the prompt positions, and
-    the attention terms come from block ``layer``'s attention (positions, not the prompt values, match).
-
-    drop_layers: layers after which tokens are perturbed (importance from that block's attention and MAG
-        attention over the hook's input);
-    mag_layers: layers whose MAG features feed the alignment loss; they are collected in
-        ``mag_features`` (layer order, [N, K, D] each) with gradients to the MAG module, and to the encoder
-        unless ``detach_mag``. One hook object serves one encoder call (text chunks are concatenated).
-    """
-
-    def __init__(self, dropout, drop_layers=(), mag=None, mag_layers=(), detach_mag=False):
-        self.dropout = dropout
-        self.drop_layers = frozenset(drop_layers) if dropout.active else frozenset()
-        self.mag_layers = frozenset(mag_layers)
-        if mag is None and (self.mag_layers or (self.drop_layers and dropout.needs_alignment)):
-            raise ValueError("TokenDropoutHook needs the AlignmentGuidance module for MAG layers / MAG importance")
-        self.mag = mag
-        self.detach_mag = detach_mag
-        self._mag_chunks = {}  # layer -> [[n, K, D] per encoder chunk, in row order]
-        self._layout, self._length = None, None  # active_length of the current layout (one per chunk)
-
-    @property
-    def mag_features(self):
-        """[N, K, D] per MAG layer, in layer order."""
-        return [torch.cat(self._mag_chunks[layer]) for layer in sorted(self._mag_chunks)]
-
-    def wants_attention(self, layer):
-        return layer in self.drop_layers and self.dropout.needs_attention
-
-    def __call__(self, x, layer, layout, attn):
-        if layout is not self._layout:
-            self._layout, self._length = layout, active_length(layout, x.shape[1])
-        length = self._length
-        mag_attn = None
-        if layer in self.mag_layers:
-            tokens = x[:, :length]  # MAG attends to nothing after EOS, so padding need not be projected
-            mag_attn, features = self.mag(tokens.detach() if self.detach_mag else tokens, layout.modality,
-                                          attended_positions(layout, length))
-            self._mag_chunks.setdefault(layer, []).append(features)
-            mag_attn = mag_attn.detach()
-        elif layer in self.drop_layers and self.dropout.needs_alignment:
-            with torch.no_grad():
-                mag_attn, _ = self.mag(x[:, :length], layout.modality, attended_positions(layout, length))
-        if layer in self.drop_layers:
-            x = self.dropout(x, layout, attn, mag_attn, length)
-        return x
-
-
-# --------------------------------------------------------------------------------------------------
-# Residual entropy (§9)
-# --------------------------------------------------------------------------------------------------
-def residual_lambda(epoch, max_epoch, lam0=0.1, fixed=False):
-    """lambda(e) = lam0 [1 - (1 + 10 e / E)^(-0.75)] for the 0-based epoch e (or lam0 when fixed)."""
-    if fixed:
-        return float(lam0)
-    if max_epoch <= 0:
-        raise ValueError(f"OPTIM.MAX_EPOCH={max_epoch}: the lambda schedule needs a positive number of epochs")
-    return float(lam0) * (1.0 - (1.0 + 10.0 * epoch / max_epoch) ** -0.75)
-
-
-def residual_features(prompted, frozen, lam):
-    """Z_r = (Z_d - lam Z_o) / max(1 - lam, 1e-3) of L2-normalised features (not re-normalised)."""
-    return (prompted - lam * frozen) / max(1.0 - lam, RESIDUAL_DENOMINATOR_MIN)
-
-
-def prediction_entropy(logits):
-    """H = mean_b [-sum_y p(y) log(p(y) + 1e-5)] with p = softmax(logits) over the last axis."""
-    probs = logits.softmax(dim=-1)
-    return -(probs * torch.log(probs + ENTROPY_EPS)).sum(dim=-1).mean()
-
-
-def residual_entropies(image_prompted, image_frozen, text_prompted, text_frozen, logit_scale, lam):
-    """(H_v, H_t): entropies of the residuals scored against the frozen other modality.
-
-    image_*: [B, E], text_*: [C, E] (normalised here); ``logit_scale`` is s = exp(log scale).
-    Vision: p_v = softmax(s Z_r_v Z_o_t^T); text: p_t = softmax(s Z_o_v Z_r_t^T), over the C classes.
-    """
-    image_prompted, image_frozen, text_prompted, text_frozen = (
-        F.normalize(f, dim=-1) for f in (image_prompted, image_frozen, text_prompted, text_frozen)
-    )
-    image_residual = residual_features(image_prompted, image_frozen, lam)
-    text_residual = residual_features(text_prompted, text_frozen, lam)
-    entropy_vision = prediction_entropy(logit_scale * image_residual @ text_frozen.t())
-    entropy_text = prediction_entropy(logit_scale * image_frozen @ text_residual.t())
-    return entropy_vision, entropy_text
-
-
-def residual_entropy_loss(entropy_vision, entropy_text, weight):
-    """L_RE = -weight (H_v + H_t): minimising it maximises the residual entropies."""
-    return -weight * (entropy_vision + entropy_text)

@@ -1,0 +1,26 @@
+"""CLIP prompt learning as a library: the trainer base every method builds on and the shared method blocks.
+
+- ``base``: ``ClipPromptTrainer`` (the Dassl ``TrainerX`` of every prompt method: CLIP loading,
+  precision, learnable-only checkpoints, loss components, evaluation with class features encoded
+  once) and ``ClipPromptModel`` (a frozen CLIP with the prompted encoders of ``dpl.clip``).
+- ``coop``: CoOp's learnable text context (CoOp, KgCoOp).
+- ``ivlp``: independent vision-language deep prompts (IVLP, PromptSRC, DropoutPrompt).
+- ``promptsrc``: PromptSRC's self-regulating losses, Gaussian prompt aggregation, its model with frozen
+  teachers and ``SelfRegulatingTrainer`` (PromptSRC, DropoutPrompt).
+
+A method is a file in ``trainers/`` that subclasses one of these and registers itself; the
+components of Dropout Prompt Learning are ``dpl.drople``.
+"""
+from .base import (PRECISIONS, ClassPromptBuffers, ClipPromptModel, ClipPromptTrainer, add_trainer_node, amp_dtype,
+                   clamp_depth, effective_precision)
+from .coop import COOP_DEFAULTS, CoOpModel, CoOpPromptLearner
+from .ivlp import IVLPModel, IVLPPromptLearner
+from .promptsrc import (GPA_LOG_LINE, GaussianPromptAggregator, PromptSRCModel, SelfRegulatingTrainer,
+                        gaussian_epoch_weights, kl_to_teacher, l1_consistency, promptsrc_consistency_losses)
+
+__all__ = [
+    "PRECISIONS", "ClassPromptBuffers", "ClipPromptModel", "ClipPromptTrainer", "add_trainer_node", "amp_dtype",
+    "clamp_depth", "effective_precision", "COOP_DEFAULTS", "CoOpModel", "CoOpPromptLearner", "IVLPModel",
+    "IVLPPromptLearner", "GPA_LOG_LINE", "GaussianPromptAggregator", "PromptSRCModel", "SelfRegulatingTrainer",
+    "gaussian_epoch_weights", "kl_to_teacher", "l1_consistency", "promptsrc_consistency_losses",
+]

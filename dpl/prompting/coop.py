@@ -1,0 +1,59 @@
+"""CoOp's learnable text context (Zhou et al., IJCV'22), the building block of CoOp and KgCoOp.
+
+Prompt ``[SOS][V_1..V_M][CLASS][.][EOS]`` (``position`` end / middle / front), one text layer of
+prompts through the prompted text encoder. ``ctx_init`` words initialise the context (then ``M`` =
+their token count); otherwise ``N(0, 0.02^2)``, generic ``[M, D]`` or class-specific ``[C, M, D]`` (``csc``).
+"""
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dpl.clip import build_class_prompts
+
+from .base import ClassPromptBuffers, ClipPromptModel
+
+# The keys of a context-prompt node (CoOp's TRAINER.COOP; KgCoOp's node adds its own on top).
+COOP_DEFAULTS = dict(N_CTX=16, CSC=False, CTX_INIT="", PREC="fp16", CLASS_TOKEN_POSITION="end")
+CTX_INIT_STD = 0.02
+
+
+class CoOpPromptLearner(nn.Module):
+    """The learnable context ``ctx`` and the class prompts it is placed into."""
+
+    def __init__(self, clip_model, classnames, n_ctx=16, ctx_init="", csc=False, position="end"):
+        super().__init__()
+        ctx_init = (ctx_init or "").strip()
+        class_prompts = build_class_prompts(clip_model, classnames, None if ctx_init else n_ctx, ctx_init, position)
+        self.prompts = ClassPromptBuffers(class_prompts)
+        n_ctx, width = class_prompts.n_ctx, class_prompts.prefix.shape[-1]
+        if class_prompts.ctx_vectors is not None:
+            ctx = class_prompts.ctx_vectors.clone()  # [M, D]
+            if csc:
+                ctx = ctx.unsqueeze(0).repeat(len(classnames), 1, 1)
+        else:
+            shape = (len(classnames), n_ctx, width) if csc else (n_ctx, width)
+            ctx = torch.randn(shape, device=class_prompts.prefix.device) * CTX_INIT_STD
+        self.ctx = nn.Parameter(ctx.float())  # learnable tensors stay fp32 in every precision
+        context_text = ctx_init or " ".join(["X"] * n_ctx)
+        print(f'Initial context: "{context_text}"')
+        print(f"Number of context words (tokens): {n_ctx}")
+
+    @property
+    def tokenized(self):
+        return self.prompts.tokenized
+
+    def forward(self):
+        """Prompt embeddings ``[C, L, D]``."""
+        return self.prompts.assemble(self.ctx)
+
+
+class CoOpModel(ClipPromptModel):
+    def __init__(self, clip_model, classnames, node):
+        super().__init__(clip_model)
+        self.prompt_learner = CoOpPromptLearner(
+            clip_model, classnames, node.N_CTX, node.CTX_INIT, node.CSC, node.CLASS_TOKEN_POSITION
+        )
+
+    def encode_text(self):
+        features = self.text_encoder(self.prompt_learner(), self.prompt_learner.tokenized)
+        return F.normalize(features.float(), dim=-1)
