@@ -13,14 +13,8 @@
 #   SOURCE   cross-dataset / domain generalisation training set (default: imagenet)
 #   DPL_PLAN=1  print "<kind> <run dir>" for each run the script would do, and exit (needs no DATA)
 #
-# Output layout (as upstream; COMMON = <dataset>/shots_<K>/<Trainer>/<cfg>/seed<S>):
-#   base2new   $OUTPUT/base2new/train_base/COMMON, $OUTPUT/base2new/test_new/COMMON
-#   xd / dg    $OUTPUT/imagenet/<Trainer>/<cfg>_16shots/seed<S>  (training on the source)
-#              $OUTPUT/evaluation/<Trainer>/<cfg>_16shots/<dataset>/seed<S>
-#   few-shot   $OUTPUT/few_shot/<dataset>/<Trainer>/<cfg>_<K>shots/seed<S>
-#   long-tail  $OUTPUT/long_tail/imb<R>/{train_base,test_new}/<dataset>/shots_10000/<Trainer>/<cfg>/seed<S>
-#   zero-shot  $OUTPUT/ZeroshotCLIP/<cfg>/<dataset> (CoOp's zeroshot.sh); base2new and evaluation trees
-#              as above with <cfg> as the tag
+# Output layout: upstream's, under $OUTPUT (base2new/, few_shot/, long_tail/imb<R>/, <source>/ and
+# evaluation/); dpl/results/layout.py defines it and DPL_PLAN=1 prints the folders of a script's runs.
 # Trailing KEY VALUE arguments go to train.py after the script's own options, so they win. When they
 # change the experiment, the run gets its own config folder, <cfg>@<KEY=value,...> (or <cfg>@<TAG>);
 # DATASET.NUM_SHOTS K goes to shots_K / _Kshots instead. A run whose folder holds its final result is

@@ -22,169 +22,21 @@ checkpoint and stops; the queue stops after it. Running the same command again c
 """
 import argparse
 import os
-import re
-import signal
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-SCRIPTS = Path(__file__).resolve().parent
-REPO = SCRIPTS.parent
-ZERO_SHOT = "zsclip"
-_STEP_CALL = re.compile(r"^([a-z_0-9]+) \"\$@\"$", re.M)
+SCRIPTS = Path(__file__).resolve().parent  # the method folders sit beside this file
 
 try:
-    from dpl.protocols import methods as protocol_methods
-    from dpl.protocols.cli import step_context
-    from dpl.protocols.methods import ProtocolError
-    from dpl.engine import TRAINER_REGISTRY
-    from dpl.protocols.runner import PlanConfigError, plan_request, state_of
-    from dpl.protocols.steps import STEPS
+    from dpl.project import PROJECT_ROOT
+    from dpl.protocols.methods import available_methods
+    from dpl.protocols.steps import DEFAULT_OUTPUT, DEFAULT_SOURCE
+    from dpl.protocols.sweep import Planner, ScriptError, jobs_for, run_queue
     from dpl.results import layout
-    from dpl.results.identity import default_config
-    from dpl.tools.train import user_error_exit
 except ModuleNotFoundError as exc:
     sys.exit(f"error: {sys.executable} cannot import {exc.name}: run this with the project's interpreter, e.g. "
-             f"{REPO}/.venv/bin/python scripts/run_protocol.py ... (`make test` creates .venv)")
-
-
-@dataclass
-class Job:
-    method: str
-    script: str
-    args: list
-
-    def command(self, opts):
-        return ["bash", str(SCRIPTS / self.method / self.script), *map(str, self.args), *opts]
-
-    def text(self):
-        return " ".join(["bash", f"scripts/{self.method}/{self.script}", *map(str, self.args)])
-
-    def step(self):
-        """The protocol step the script runs (its last line, e.g. ``base2new_train "$@"``)."""
-        calls = _STEP_CALL.findall((SCRIPTS / self.method / self.script).read_text())
-        if not calls or calls[-1] not in STEPS:
-            raise SystemExit(f"error: scripts/{self.method}/{self.script} runs no protocol step")
-        return calls[-1]
-
-
-def jobs_for(protocol, method, datasets, seeds, shots, ratio, source):
-    """The jobs of one method, each test right after the training it evaluates."""
-    if method.name == ZERO_SHOT:
-        seeds = seeds[:1]
-    name, jobs = method.name, []
-    if protocol == "base2new":
-        for dataset in datasets:
-            for seed in seeds:
-                jobs += [Job(name, s, [dataset, seed]) for s in ("base2new_train.sh", "base2new_test.sh")
-                         if method.has_script(s)]
-    elif protocol in ("xd", "dg"):
-        for seed in seeds:
-            if method.has_script("xd_train.sh"):
-                jobs.append(Job(name, "xd_train.sh", [seed]))
-            else:  # no training: the source column is an evaluation on the source dataset
-                jobs.append(Job(name, "xd_test.sh", [source, seed]))
-            jobs += [Job(name, "xd_test.sh", [d, seed]) for d in datasets if method.has_script("xd_test.sh")]
-    elif protocol == "fewshot":
-        if method.has_script("few_shot.sh"):
-            jobs = [Job(name, "few_shot.sh", [d, k, s]) for d in datasets for k in shots for s in seeds]
-    elif protocol == "longtail":
-        for dataset in datasets:
-            for seed in seeds:
-                jobs += [Job(name, s, [dataset, seed, ratio]) for s in ("long_tail.sh", "long_tail_test.sh")
-                         if method.has_script(s)]
-    return jobs
-
-
-def trainer_node(key):
-    """``NODE`` of a ``TRAINER.<NODE>.<KEY>`` option, else None."""
-    parts = key.split(".")
-    return parts[1] if len(parts) > 2 and parts[0] == "TRAINER" else None
-
-
-def opts_for(trainer, opts):
-    """The ``KEY VALUE`` options that apply to ``trainer``: keys of other trainers' nodes are left out."""
-    cls = TRAINER_REGISTRY.get(trainer) if trainer in TRAINER_REGISTRY.registered_names() else None
-    nodes = cls.config_nodes() if cls is not None else None
-    pairs = list(zip(opts[::2], opts[1::2]))
-    kept = [(k, v) for k, v in pairs if nodes is None or trainer_node(k) is None or trainer_node(k) in nodes]
-    return [item for pair in kept for item in pair]
-
-
-class Planner:
-    """The state of each job's runs, from the same code the scripts run (``dpl.protocols``)."""
-
-    def __init__(self, methods, env, opts):
-        self.methods, self.env, self.sweep_opts = methods, env, opts
-        self.defaults = default_config()  # also registers the trainers (for opts_for)
-
-    def opts(self, job):
-        return opts_for(self.methods[job.method].trainer, self.sweep_opts)
-
-    def job_state(self, job):
-        """``(state, messages)``: done / resume / todo / conflict / error, and what is wrong."""
-        method = self.methods[job.method]
-        context = step_context(method, f"{job.method}/{job.script}", self.env)
-        load_epoch = self.env.get("LOADEP", "")
-        try:
-            requests = STEPS[job.step()](context, [str(a) for a in job.args] + self.opts(job))
-            planned = [plan_request(r, method.trainer, self.env.get("DATA", ""), self.env.get("TAG", ""),
-                                    self.defaults, load_epoch) for r in requests]
-            states = [state_of(run, load_epoch) for run in planned]
-        except (ProtocolError, PlanConfigError) as exc:
-            return "error", [str(exc)]
-        except Exception as exc:  # e.g. an unreadable checkpoint in a run folder: the plan goes on
-            known = user_error_exit(exc)
-            if known is None:
-                raise
-            return "error", [known[0]]
-        words = {word for word, _, _ in states}
-        messages = [message for word, _, message in states if word == "conflict"]
-        for state in ("conflict", "resume"):
-            if state in words:
-                return state, messages
-        if words == {"done"}:
-            return "done", messages
-        return ("resume" if "done" in words else "todo"), messages
-
-
-class Forwarder:
-    """While a job runs, SIGINT/SIGTERM go to it (it stops at its next step boundary), not to us; a
-    SIGHUP (the terminal closed) goes to it as SIGTERM, so that it does not go on alone, locking its folder."""
-
-    FORWARDED = {signal.SIGINT: signal.SIGINT, signal.SIGTERM: signal.SIGTERM, signal.SIGHUP: signal.SIGTERM}
-
-    def __init__(self):
-        self.proc = None
-        self.signum = None
-
-    def __enter__(self):
-        self._previous = {s: signal.signal(s, self._forward) for s in self.FORWARDED}
-        return self
-
-    def __exit__(self, *exc):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        return False
-
-    def _forward(self, signum, frame):
-        self.signum = self.signum or self.FORWARDED[signum]
-        self._send(self.FORWARDED[signum])
-
-    def _send(self, signum):
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signum)
-
-    def run(self, command, env):
-        # Its own session: a Ctrl-C in the terminal reaches the job once, through us.
-        self.proc = subprocess.Popen(command, env=env, start_new_session=True)
-        if self.signum is not None:  # it came while the job was starting
-            self._send(self.signum)
-        try:
-            return self.proc.wait()
-        finally:
-            self.proc = None
+             f"{SCRIPTS.parent}/.venv/bin/python scripts/run_protocol.py ... (`make test` creates .venv)")
 
 
 def build_parser(method_names):
@@ -196,7 +48,7 @@ def build_parser(method_names):
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--shots", nargs="+", type=int, default=[1, 2, 4, 8, 16], help="few-shot: shots per class")
     p.add_argument("--ratio", default="10", help="long-tail: imbalance ratio (default 10)")
-    p.add_argument("--source", default="imagenet", help="xd/dg: source dataset (default imagenet)")
+    p.add_argument("--source", default=DEFAULT_SOURCE, help="xd/dg: source dataset (default imagenet)")
     p.add_argument("--tag", default="", help="name of this sweep's variant: its runs go to <cfg>@<tag> folders")
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     p.add_argument("--keep-going", action="store_true", help="continue after a failed job (default: stop)")
@@ -212,33 +64,17 @@ def split_opts(argv):
     return argv, []
 
 
-def print_table(args, output, datasets):
-    root = layout.protocol_root(args.protocol, str(output), args.ratio)
-    print()
-    subprocess.run([sys.executable, str(REPO / "parse_results.py"), "--protocol", args.protocol, root,
-                    "--format", args.format, "--source", args.source, "--datasets", *datasets])
-
-
-def main(argv=None):
-    argv, opts = split_opts(list(sys.argv[1:] if argv is None else argv))
-    methods = protocol_methods.available_methods(SCRIPTS)
-    args = build_parser(sorted(methods)).parse_args(argv)
-    if len(opts) % 2:
-        raise SystemExit(f"error: the arguments after -- must be KEY VALUE pairs (got: {' '.join(opts)})")
+def sweep_env(args):
+    """The scripts' environment: this one, with SOURCE and TAG from the options."""
     env = dict(os.environ)
-    if args.source != "imagenet":
+    if args.source != DEFAULT_SOURCE:
         env["SOURCE"] = args.source
     if args.tag:
         env["TAG"] = args.tag
-    output = Path(env.get("OUTPUT") or REPO / "output")
-    datasets = args.datasets or list(layout.PROTOCOL_DATASETS[args.protocol])
-    jobs = [j for m in args.methods
-            for j in jobs_for(args.protocol, methods[m], datasets, args.seeds, args.shots, args.ratio, args.source)]
-    if not jobs:
-        raise SystemExit(f"error: none of {', '.join(args.methods)} has scripts for the {args.protocol} protocol")
+    return env
 
-    planner = Planner(methods, env, opts)
-    plan = [(job, *planner.job_state(job)) for job in jobs]
+
+def print_plan(plan, planner, output):
     todo = [job for job, state, _ in plan if state != "done"]
     print(f"Plan: {len(plan)} jobs, {len(plan) - len(todo)} done, {len(todo)} to run (output: {output})")
     for job, state, messages in plan:
@@ -246,27 +82,41 @@ def main(argv=None):
         print(f"  [{state:>8}] {job.text()}{' ' + ' '.join(job_opts) if job_opts and state != 'done' else ''}")
         for message in messages:
             print(f"             {message}")
+    return todo
+
+
+def print_table(args, output, datasets):
+    root = layout.protocol_root(args.protocol, str(output), args.ratio)
+    print()
+    subprocess.run([sys.executable, str(PROJECT_ROOT / "parse_results.py"), "--protocol", args.protocol, root,
+                    "--format", args.format, "--source", args.source, "--datasets", *datasets])
+
+
+def main(argv=None, scripts_dir=SCRIPTS):
+    argv, opts = split_opts(list(sys.argv[1:] if argv is None else argv))
+    methods = available_methods(scripts_dir)
+    args = build_parser(sorted(methods)).parse_args(argv)
+    if len(opts) % 2:
+        raise SystemExit(f"error: the arguments after -- must be KEY VALUE pairs (got: {' '.join(opts)})")
+    env = sweep_env(args)
+    output = Path(env.get("OUTPUT") or DEFAULT_OUTPUT)
+    datasets = args.datasets or list(layout.PROTOCOL_DATASETS[args.protocol])
+    jobs = [j for m in args.methods
+            for j in jobs_for(args.protocol, methods[m], datasets, args.seeds, args.shots, args.ratio, args.source)]
+    if not jobs:
+        raise SystemExit(f"error: none of {', '.join(args.methods)} has scripts for the {args.protocol} protocol")
+    planner = Planner(env, opts)
+    try:
+        todo = print_plan([(job, *planner.job_state(job)) for job in jobs], planner, output)
+    except ScriptError as exc:
+        raise SystemExit(f"error: {exc}") from None
     if args.dry_run:
         return 0
     if todo and not env.get("DATA"):
         raise SystemExit("error: DATA is not set: export DATA=/path/to/datasets")
-
-    failed = []
-    with Forwarder() as forwarder:
-        for i, job in enumerate(todo, start=1):
-            if forwarder.signum is None:
-                print(f"\n=== [{i}/{len(todo)}] {job.text()}", flush=True)
-                code = forwarder.run(job.command(planner.opts(job)), env)
-            if forwarder.signum is not None:
-                name = signal.Signals(forwarder.signum).name
-                print(f"=== stopped by {name} at {job.text()} (its last checkpoint is kept); run the same command "
-                      "again to continue", file=sys.stderr, flush=True)
-                return 128 + forwarder.signum
-            if code != 0:
-                failed.append(job)
-                print(f"=== failed: {job.text()}", file=sys.stderr, flush=True)
-                if not args.keep_going:
-                    break
+    failed, stopped = run_queue(todo, planner, env, args.keep_going)
+    if stopped is not None:
+        return stopped
     if args.table:
         print_table(args, output, datasets)
     if failed:

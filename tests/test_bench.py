@@ -9,9 +9,10 @@ from dpl.bench.cli import main as bench_main
 from dpl.bench.measure import Task, measure
 from dpl.bench.models import build_bench_trainer, bench_cfg, write_random_weights
 from dpl.bench.report import add_ratios, target_check
+from dpl.bench.report import parse_target, report_text
 from dpl.engine.errors import UserError
 
-from test_trainer_base import build_trainer_in_process
+from helpers import build_trainer_in_process
 
 QUICK = ["--arch", "tiny", "--steps", "2", "--warmup", "1", "--num-classes", "5", "--eval-batch-size", "4",
          "--eval-batches", "1"]
@@ -21,15 +22,16 @@ RESULT_KEYS = {"trainer", "variant", "step_seconds", "step_seconds_median", "ste
                "memory_vs_PromptSRC", "memory_vs_CoOp", "num_classes", "batch_size", "precision", "threads"}
 
 
+@pytest.mark.slow
 def test_quick_benchmark_prints_table_and_writes_json(tmp_path, capsys):
     """The CI form: two trainers (incl. DropoutPrompt), each in a spawned process, and the JSON."""
     out = tmp_path / "bench.json"
     code = bench_main(QUICK + ["--trainers", "PromptSRC,DropoutPrompt", "--eval-compare-classes", "0",
-                               "--threads", "1", "--json", str(out)])
+                               "--threads", "1", "--json", str(out), "--target", "DropoutPrompt/PromptSRC<=1.15"])
     assert code == 0
     text = capsys.readouterr().out
     assert "| trainer" in text and "x PromptSRC" in text and "eval img/s" in text
-    assert "Target DropoutPrompt <= 1.15x PromptSRC" in text
+    assert "Target DropoutPrompt <= 1.15x PromptSRC: step time " in text
     doc = json.loads(out.read_text())
     assert set(doc) == {"benchmark", "results", "eval_compare", "targets"}
     assert doc["benchmark"]["arch"] == "tiny" and doc["benchmark"]["isolated"] is True
@@ -44,8 +46,10 @@ def test_quick_benchmark_prints_table_and_writes_json(tmp_path, capsys):
     assert rows["PromptSRC"]["step_vs_PromptSRC"] == 1.0
     expected = rows["DropoutPrompt"]["step_seconds_median"] / rows["PromptSRC"]["step_seconds_median"]
     assert rows["DropoutPrompt"]["step_vs_PromptSRC"] == pytest.approx(expected)
-    assert doc["targets"]["step_ratio"] == pytest.approx(expected)
-    assert doc["targets"]["step_met"] == (expected <= 1.15)
+    (check,) = doc["targets"]
+    assert check["target"] == "DropoutPrompt/PromptSRC<=1.15"
+    assert check["step_ratio"] == pytest.approx(expected)
+    assert check["step_met"] == (expected <= 1.15)
     # DropoutPrompt adds compute (attention maps, the MAG projections); the FLOP count is load-independent
     assert rows["DropoutPrompt"]["step_gflop"] > rows["PromptSRC"]["step_gflop"] > 0
 
@@ -64,7 +68,8 @@ def test_text_switch_variant_rows_and_ratios_within_variant(tmp_path, capsys):
     assert chunked["step_gflop"] > plain["step_gflop"]  # checkpointing recomputes the text blocks' forward
     zero_shot = rows["ZeroshotCLIP", "plain"]
     assert "step_seconds" not in zero_shot and zero_shot["eval_images_per_second"] > 0  # eval only
-    assert doc["targets"] is None
+    assert doc["targets"] == []  # no --target: ratios only
+    assert "Target" not in text and "MISSED" not in text and " met" not in text
     compare = doc["eval_compare"]
     assert compare["num_classes"] == 6 and compare["once_images_per_second"] > 0
     assert compare["speedup"] == pytest.approx(compare["once_images_per_second"] / compare["per_batch_images_per_second"])
@@ -74,11 +79,49 @@ def test_text_switch_variant_rows_and_ratios_within_variant(tmp_path, capsys):
 def test_cli_refuses_bad_arguments(tmp_path):
     existing = tmp_path / "old.json"
     existing.write_text("{}")
-    for argv in (["--trainers", "CoOp,Nope"], ["--json", str(existing)], ["--steps", "-1"]):
+    for argv in (["--trainers", "CoOp,Nope"], ["--json", str(existing)], ["--steps", "-1"],
+                 ["--trainers", "CoOp", "--target", "DropoutPrompt/CoOp<=1.2"]):
         with pytest.raises(SystemExit) as exc:
             bench_main(["--arch", "tiny"] + argv)
         assert exc.value.code == 2
     assert existing.read_text() == "{}"
+
+
+@pytest.mark.parametrize("value, problem", [
+    ("DropoutPrompt<=1.15", "expected TRAINER/REFERENCE[:METRIC]<=RATIO"),
+    ("DropoutPrompt/PromptSRC", "expected TRAINER/REFERENCE[:METRIC]<=RATIO"),
+    ("DropoutPrompt/PromptSRC<=fast", "RATIO must be a positive number"),
+    ("DropoutPrompt/PromptSRC<=0", "RATIO must be a positive number"),
+    ("DropoutPrompt/PromptSRC:speed<=1.1", "unknown METRIC 'speed'"),
+])
+def test_malformed_target_is_one_argparse_error_naming_value_and_form(value, problem, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench_main(["--arch", "tiny", "--target", value])
+    assert exc.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"python -m dpl.bench: error: argument --target: {value!r}: ") and problem in error
+    assert "TRAINER/REFERENCE[:METRIC]<=RATIO" in error
+
+
+def test_target_parsing_and_its_verdict_line_only_when_asked():
+    target = parse_target("DropoutPrompt/PromptSRC<=1.15")
+    assert (target.trainer, target.reference, target.max_ratio) == ("DropoutPrompt", "PromptSRC", 1.15)
+    assert target.metrics == ("step", "step_cpu", "flops", "memory") and target.text == "DropoutPrompt/PromptSRC<=1.15"
+    assert parse_target("IVLP/CoOp:memory<=2").metrics == ("memory",)
+
+    def result(trainer, step, memory):
+        return dict(trainer=trainer, step_seconds_median=step, peak_memory_mib=memory, text_chunk_size=0,
+                    text_checkpoint=False)
+
+    rows = add_ratios([result("CoOp", 1.0, 100.0), result("IVLP", 1.5, 300.0)])
+    meta = dict(date="d", arch="tiny", device="cpu", batch_size=1, num_classes=2, steps=1, warmup=0, torch_threads=1,
+                load_average_start=None, load_average_end=None, memory_kind="peak RSS")
+    assert "Target" not in report_text(rows, meta)
+    check = target_check(rows, parse_target("IVLP/CoOp:memory<=2"))
+    assert check["memory_ratio"] == pytest.approx(3.0) and check["memory_met"] is False and "step_ratio" not in check
+    line = report_text(rows, meta, checks=[check]).splitlines()[-1]
+    assert line == "Target IVLP <= 2x CoOp: peak memory 3.00x (MISSED)"
+    assert target_check(rows, parse_target("DropoutPrompt/CoOp<=2")) is None  # not measured: no check
 
 
 def test_ratios_and_target_check():
@@ -93,7 +136,7 @@ def test_ratios_and_target_check():
     assert by["DropoutPrompt", "plain"]["memory_vs_CoOp"] == pytest.approx(2.1)
     assert by["PromptSRC", "chunk 8"]["memory_vs_PromptSRC"] == 1.0
     assert by["PromptSRC", "chunk 8"]["step_vs_CoOp"] is None
-    check = target_check(rows)
+    check = target_check(rows, parse_target("DropoutPrompt/PromptSRC<=1.15"))
     assert check["step_met"] is False and check["memory_met"] is True
     assert check["memory_ratio"] == pytest.approx(1.05)
 

@@ -21,7 +21,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "logs" / "upstream"
 import parse_results  # noqa: E402  (the repo root is on sys.path: tests/conftest.py)
-from dpl.results import logs, runs  # noqa: E402
+from dpl.results import logs, render, runs, tables  # noqa: E402
 
 
 def run_cli(*argv):
@@ -141,12 +141,12 @@ def test_results_json_preferred_over_log_and_unfinished_ignored(tmp_path):
     run = tmp_path / "seed1"
     shutil.copytree(FIXTURES / "dassl063" / "seed1", run)
     write_results_json(run, 55.5)
-    result = parse_results.parse_run(run)
+    result = runs.parse_run(run)
     assert result.source == str(run / "results.json") and result.metrics["accuracy"] == 55.5
     write_results_json(run, 55.5, split="val", finished=False)  # a mid-training val test: not a result
-    result = parse_results.parse_run(run)
+    result = runs.parse_run(run)
     assert result.source == str(run / "log.txt") and result.metrics["accuracy"] == 81.8
-    assert parse_results.parse_run(run, use_json=False).metrics["accuracy"] == 81.8
+    assert runs.parse_run(run, use_json=False).metrics["accuracy"] == 81.8
 
 
 def test_run_status_for_scripts(tmp_path):
@@ -159,6 +159,27 @@ def test_run_status_for_scripts(tmp_path):
     shutil.copy(FIXTURES / "resumed" / "seed2" / "log.txt", killed / "log.txt")
     assert run_cli("--run-status", killed)[0] == 3
     assert run_cli("--run-status", tmp_path / "absent")[0] == 3
+
+
+def test_run_status_is_the_finished_state_the_scripts_skip_by(tmp_path):
+    """One definition of a finished run (dpl.results.runs.read_state): a run that recorded its identity and
+    whose results.json is from a test during training is not finished, even though its log has a result."""
+    run = tmp_path / "seed1"
+    shutil.copytree(FIXTURES / "dassl063" / "seed1", run)
+    write_results_json(run, 55.5, finished=False)
+    doc = json.loads((run / "results.json").read_text())
+    (run / "results.json").write_text(json.dumps({**doc, "schema_version": 2, "run_id": "abc", "identity": {"v": 1}}))
+    assert not runs.read_state(str(run)).finished
+    code, out, _ = run_cli("--run-status", run)
+    assert code == 3 and "does not record a finished run" in out
+    write_results_json(run, 55.5)  # the final test's file, as written before runs recorded an identity
+    code, out, _ = run_cli("--run-status", run)
+    assert (code, out) == (0, f"{run}/results.json: accuracy 55.50%\n")
+
+
+def test_parse_results_is_a_thin_command_line():
+    """Tables, statistics, plots and log reading live in dpl.results; the script only parses arguments."""
+    assert len((REPO / "parse_results.py").read_text().splitlines()) < 200
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,6 +275,15 @@ def test_zero_shot_single_run_is_complete_under_demanded_seeds(base2new_tree):
     assert code == 0
     assert "ZeroshotCLIP dtd" not in out  # no "missing" line for its seeds 2 and 3
     assert "70.00 ± 0.00 " in out and "70.00 ± 0.00 (1/3)" not in out
+
+
+def test_tables_are_built_without_the_command_line(base2new_tree):
+    grid = tables.build_table(tables.TableOptions("base2new", str(base2new_tree), seeds=[1, 2, 3]))
+    assert [index for index, _ in grid.rows] == [("dtd",), ("eurosat",), ("Average",)]
+    cells = dict(zip(grid.columns, grid.rows[0][1]))
+    assert cells[("DropoutPrompt", "Base")].text() == "84.10 ± 0.16"
+    assert cells[("CoOp", "HM")].mean == pytest.approx(2 * 81 * 61 / 142)
+    assert render.render(grid, "text").startswith("Base-to-novel\n")
 
 
 def test_base2new_markdown_csv_json_parse(base2new_tree):

@@ -9,6 +9,7 @@ base2new_test -> parse_results table for DropoutPrompt and CoOp.
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,11 +18,11 @@ import pytest
 
 import dpl.tools.train
 from dpl.protocols import cli as protocol_cli
+from dpl.results.runs import parse_run
 from helpers import run_script, script_env, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
-import parse_results  # noqa: E402  (the repo root is on sys.path: tests/conftest.py)
 
 METHOD_DIRS = ("dpl", "coop", "kgcoop", "promptsrc", "ivlp", "zsclip")
 TRAINED_METHODS = METHOD_DIRS[:-1]
@@ -89,7 +90,7 @@ def finish_run(run_dir, accuracy=50.0, epochs=(1,), model="prompt_learner"):
 
 
 def test_every_method_config_exists():
-    """Trap #16: scripts must not reference configs that do not exist."""
+    """Scripts must not reference configs that do not exist."""
     for method in METHOD_DIRS:
         text = (SCRIPTS / method / "method.sh").read_text()
         trainer = re.search(r"^TRAINER=(\S+)", text, re.M).group(1)
@@ -184,6 +185,7 @@ def test_finished_run_skipped_and_a_failed_start_is_not_resumed(env, recorded, c
     assert len(recorded) == 1  # train.py not started again
 
 
+@pytest.mark.slow
 def test_data_unset_or_missing_is_a_clear_error(env):
     without_data = {k: v for k, v in env.items() if k != "DATA"}
     proc = run_script("coop/base2new_train.sh", "dtd", 1, env=without_data)
@@ -324,6 +326,7 @@ def test_xd_test_uses_full_test_set_of_target(env, recorded):
     assert option(argv, "--load-epoch") == "50"
 
 
+@pytest.mark.slow
 def test_scripts_run_on_the_checkouts_python_from_an_empty_environment(tmp_path):
     """After `make test`, a fresh shell with nothing activated (and PYTHON set for something else) works."""
     if not (REPO / ".venv" / "bin" / "python").exists():
@@ -358,6 +361,7 @@ def test_a_python_without_the_requirements_is_one_line(tmp_path):
                            "to an interpreter where `pip install -e .` was run\n")
 
 
+@pytest.mark.slow
 def test_run_protocol_dry_run_plan(env):
     out = Path(env["OUTPUT"])
     finish_run(out / f"base2new/train_base/dtd/shots_16/DropoutPrompt/{DPL_CFG}/seed1", model="VLPromptLearner")
@@ -390,6 +394,37 @@ def test_run_protocol_dry_run_plan(env):
     ]
 
 
+@pytest.mark.slow
+def test_run_protocol_knows_every_method_folder_and_runs_a_training_free_one_once(env, tmp_path):
+    """A new ``scripts/<method>/`` folder (here in a copy of scripts/) is a method of run_protocol.py, with no
+    list to edit; a method whose trainer does not train runs for the first seed only, whatever its name."""
+    scripts = tmp_path / "scripts"
+    shutil.copytree(SCRIPTS, scripts, ignore=shutil.ignore_patterns("__pycache__"))
+    for name, trainer, config, script in (("mycoop", "CoOp", "CFG_BASE2NEW=vit_b16_ctxv1", "coop/base2new_train.sh"),
+                                          ("myzs", "ZeroshotCLIP", "CFG_ZEROSHOT=vit_b16", "zsclip/base2new_test.sh")):
+        (scripts / name).mkdir()
+        (scripts / name / "method.sh").write_text(f"TRAINER={trainer}\n{config}\n")
+        shutil.copy(SCRIPTS / script, scripts / name / os.path.basename(script))
+    proc = subprocess.run(
+        [sys.executable, str(scripts / "run_protocol.py"), "base2new", "--methods", "mycoop", "myzs",
+         "--datasets", "dtd", "--seeds", "1", "2", "--dry-run"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[1:] == [
+        "  [    todo] bash scripts/mycoop/base2new_train.sh dtd 1",
+        "  [    todo] bash scripts/mycoop/base2new_train.sh dtd 2",
+        "  [    todo] bash scripts/myzs/base2new_test.sh dtd 1",
+    ]
+    source = (SCRIPTS / "run_protocol.py").read_text()
+    assert "sys.path" not in source
+
+
+def test_method_scripts_leave_the_output_layout_to_python():
+    """The output layout has one definition (dpl.results.layout): no method script builds a path under OUTPUT."""
+    for script in [SCRIPTS / "_common.sh", *SCRIPTS.glob("*/*.sh")]:
+        text = script.read_text()
+        assert "$OUTPUT/" not in text and "${OUTPUT}/" not in text and "OUTPUT_DIR" not in text, script
+
+
 # ---------------------------------------------------------------------------------------------
 # End to end: real scripts and train.py, synthetic DTD, tiny CLIP
 # ---------------------------------------------------------------------------------------------
@@ -416,12 +451,13 @@ def e2e(tmp_path_factory, tiny_clip_path):
     return {"root": root, "envs": envs, "procs": procs}
 
 
+@pytest.mark.slow
 def test_e2e_runs_write_upstream_layout(e2e):
     out = e2e["root"] / "out" / "base2new"
     for trainer, cfg in E2E_METHODS.values():
         for part in ("train_base", "test_new"):
             run = out / part / "dtd" / "shots_16" / trainer / cfg / "seed1"
-            result = parse_results.parse_run(str(run))
+            result = parse_run(str(run))
             assert result.ok and result.source == str(run / "results.json"), result.problem
             assert (run / "log.txt").is_file()
         train = out / "train_base" / "dtd" / "shots_16" / trainer / cfg / "seed1"
@@ -431,6 +467,7 @@ def test_e2e_runs_write_upstream_layout(e2e):
     assert not (e2e["root"] / "elsewhere" / "output").exists()  # nothing written relative to the cwd
 
 
+@pytest.mark.slow
 def test_e2e_table_has_the_right_hm(e2e):
     out = e2e["root"] / "out" / "base2new"
     proc = subprocess.run([sys.executable, str(REPO / "parse_results.py"), "--protocol", "base2new", str(out),
@@ -450,6 +487,7 @@ def test_e2e_table_has_the_right_hm(e2e):
     assert doc["missing"] == []
 
 
+@pytest.mark.slow
 def test_e2e_finished_run_is_skipped(e2e):
     proc = run_script("dpl/base2new_train.sh", "dtd", 1, env=e2e["envs"]["dpl"])
     assert proc.returncode == 0

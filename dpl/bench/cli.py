@@ -3,7 +3,8 @@
 Each trainer is built by its own code from its shipped config over synthetic classes and images, at a
 chosen CLIP architecture (random weights by default, no download), and measured in a fresh spawned
 process so that its peak memory is its own; the parent prints one table with ratios against
-PromptSRC and CoOp of the same run and can write the numbers as JSON.
+PromptSRC and CoOp of the same run and can write the numbers as JSON. It passes no judgement unless
+asked: each ``--target`` adds a met / MISSED line for the ratios it names.
 """
 import argparse
 import datetime
@@ -17,10 +18,19 @@ import torch
 
 from dpl.bench.measure import Task, cpu_peak_memory_supported, measure, measure_isolated
 from dpl.bench.models import ARCHITECTURES, RANDOM_ARCHITECTURES, TRAINER_CONFIGS, input_resolution, write_random_weights
-from dpl.bench.report import add_ratios, eval_compare_summary, report_document, report_text, target_check
+from dpl.bench.report import (METRICS, TARGET_FORM, add_ratios, eval_compare_summary, parse_target, report_document,
+                              report_text, target_checks)
 from dpl.utils.tools import write_json
 
 EVAL_COMPARE_TRAINER = "CoOp"
+
+
+def target_argument(text):
+    """argparse type of ``--target``: a malformed value is one argparse error line naming it and the form."""
+    try:
+        return parse_target(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser():
@@ -51,6 +61,12 @@ def build_parser():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--in-process", action="store_true",
                         help="measure in this process (faster start; peak memory then carries over between trainers)")
+    parser.add_argument("--target", type=target_argument, action="append", default=[], metavar=TARGET_FORM,
+                        help="check a ratio, e.g. 'DropoutPrompt/PromptSRC<=1.15' (quote it: < is a shell "
+                             "redirection): TRAINER's median step time, step CPU time, FLOPs and peak memory (or "
+                             f"only METRIC: {', '.join(METRICS)}) divided by REFERENCE's, in the plain variant (the "
+                             "table's 'x <reference>' ratios), each reported as met or MISSED; repeatable. Both "
+                             "trainers must be measured. Without it the report has ratios only, no verdict")
     parser.add_argument("--json", type=Path, default=None, help="write the numbers to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.add_argument("--verbose", action="store_true", help="show the trainers' build logs")
@@ -68,6 +84,10 @@ def check_args(parser, args):
     for flag in ("steps", "warmup", "eval_batches", "eval_compare_classes", "text_chunk", "threads"):
         if getattr(args, flag) < 0:
             parser.error(f"--{flag.replace('_', '-')} must be >= 0")
+    for target in args.target:
+        absent = [name for name in (target.trainer, target.reference) if name not in trainers]
+        if absent:
+            parser.error(f"--target {target.text!r}: {' and '.join(absent)} not among the measured trainers {trainers}")
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here; use --device cpu")
     if args.json is not None and args.json.exists() and not args.overwrite:
@@ -133,16 +153,16 @@ def run(args, trainers):
         "load_average_start": load_start, "load_average_end": _load_average(),
     }
     rows = add_ratios(results)
-    return rows, meta, compare, target_check(rows)
+    return rows, meta, compare, target_checks(rows, args.target)
 
 
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     trainers = check_args(parser, args)
-    rows, meta, compare, check = run(args, trainers)
-    print(report_text(rows, meta, compare, check))
+    rows, meta, compare, checks = run(args, trainers)
+    print(report_text(rows, meta, compare, checks))
     if args.json is not None:
-        write_json(report_document(rows, meta, compare, check), args.json)
+        write_json(report_document(rows, meta, compare, checks), args.json)
         print(f"wrote {args.json}")
     return 0

@@ -1,16 +1,56 @@
-"""The benchmark's table and JSON document: per-trainer numbers with ratios against references of the same run."""
+"""The benchmark's table and JSON document: per-trainer numbers with ratios against references of the same run,
+and, only for the targets a user asks for (``--target``), a met / MISSED verdict per ratio."""
+import math
+import re
+from dataclasses import dataclass
+
 from tabulate import tabulate
 
 REFERENCES = ("PromptSRC", "CoOp")  # ratios are taken against these trainers' rows of the same variant
-TARGET_TRAINER, TARGET_REFERENCE, TARGET_RATIO = "DropoutPrompt", "PromptSRC", 1.15
 METRICS = {  # ratio name -> result field
     "step": "step_seconds_median",  # wall time
     "step_cpu": "step_cpu_seconds_median",  # process CPU time: steadier than wall time on shared cores
     "flops": "step_gflop",
     "memory": "peak_memory_mib",
 }
-TARGET_METRICS = (("step", "step time"), ("step_cpu", "step CPU time"), ("flops", "step FLOPs"),
-                  ("memory", "peak memory"))
+METRIC_LABELS = {"step": "step time", "step_cpu": "step CPU time", "flops": "step FLOPs", "memory": "peak memory"}
+TARGET_VARIANT = "plain"  # targets compare the rows without the text-encoding switches
+TARGET_FORM = "TRAINER/REFERENCE[:METRIC]<=RATIO"
+_TARGET = re.compile(r"(?P<trainer>[^/:<=\s]+)/(?P<reference>[^/:<=\s]+)(?::(?P<metric>[a-z_]+))?<=(?P<ratio>\S+)")
+
+
+@dataclass(frozen=True)
+class Target:
+    """At most ``max_ratio`` times the reference: ``trainer``'s value of each of ``metrics`` divided by
+    ``reference``'s, in the plain variant (the table's ``x <reference>`` ratios)."""
+
+    trainer: str
+    reference: str
+    max_ratio: float
+    metrics: tuple = tuple(METRICS)
+
+    @property
+    def text(self):
+        metric = f":{self.metrics[0]}" if len(self.metrics) == 1 else ""
+        return f"{self.trainer}/{self.reference}{metric}<={self.max_ratio:g}"
+
+
+def parse_target(text):
+    """The ``Target`` of ``TRAINER/REFERENCE[:METRIC]<=RATIO``; a ``ValueError`` naming ``text`` and the form."""
+    match = _TARGET.fullmatch(text.strip())
+    example = f"expected {TARGET_FORM}, e.g. DropoutPrompt/PromptSRC<=1.15 (METRIC: {', '.join(METRICS)}; default all)"
+    if not match:
+        raise ValueError(f"{text!r}: {example}")
+    metric = match.group("metric")
+    if metric is not None and metric not in METRICS:
+        raise ValueError(f"{text!r}: unknown METRIC {metric!r}; {example}")
+    try:
+        ratio = float(match.group("ratio"))
+    except ValueError:
+        ratio = None
+    if ratio is None or not (math.isfinite(ratio) and ratio > 0):
+        raise ValueError(f"{text!r}: RATIO must be a positive number; {example}")
+    return Target(match.group("trainer"), match.group("reference"), ratio, (metric,) if metric else tuple(METRICS))
 
 
 def variant_of(result):
@@ -44,18 +84,25 @@ def add_ratios(results):
     return rows
 
 
-def target_check(rows):
-    """DropoutPrompt's step time (wall, CPU), FLOPs and peak memory relative to PromptSRC (plain variant), or None."""
+def target_check(rows, target):
+    """``target``'s ratios (plain variant) and whether each is met (None: a value is missing, e.g. the
+    step time of a trainer that does not train); None when either trainer has no plain row."""
     by_key = {(r["trainer"], r["variant"]): r for r in rows}
-    row = by_key.get((TARGET_TRAINER, "plain"))
-    if row is None or (TARGET_REFERENCE, "plain") not in by_key:
+    row, ref = by_key.get((target.trainer, TARGET_VARIANT)), by_key.get((target.reference, TARGET_VARIANT))
+    if row is None or ref is None:
         return None
-    check = {"trainer": TARGET_TRAINER, "reference": TARGET_REFERENCE, "max_ratio": TARGET_RATIO}
-    for metric in METRICS:
-        ratio = row.get(f"{metric}_vs_{TARGET_REFERENCE}")
+    check = {"target": target.text, "trainer": target.trainer, "reference": target.reference,
+             "max_ratio": target.max_ratio}
+    for metric in target.metrics:
+        ratio = _ratio(row.get(METRICS[metric]), ref.get(METRICS[metric]))
         check[f"{metric}_ratio"] = ratio
-        check[f"{metric}_met"] = None if ratio is None else ratio <= TARGET_RATIO
+        check[f"{metric}_met"] = None if ratio is None else ratio <= target.max_ratio
     return check
+
+
+def target_checks(rows, targets):
+    """The checks of the targets that have both trainers' rows."""
+    return [check for check in (target_check(rows, target) for target in targets) if check is not None]
 
 
 def _fmt(value, digits=2):
@@ -113,14 +160,16 @@ def eval_compare_line(summary):
 
 def target_line(check):
     parts = []
-    for metric, label in TARGET_METRICS:
+    for metric, label in METRIC_LABELS.items():
+        if f"{metric}_ratio" not in check:
+            continue
         ratio, met = check[f"{metric}_ratio"], check[f"{metric}_met"]
         verdict = "n/a" if met is None else ("met" if met else "MISSED")
         parts.append(f"{label} {_fmt(ratio)}x ({verdict})")
-    return (f"Target {check['trainer']} <= {check['max_ratio']}x {check['reference']}: " + ", ".join(parts))
+    return f"Target {check['trainer']} <= {check['max_ratio']:g}x {check['reference']}: " + ", ".join(parts)
 
 
-def report_text(rows, meta, compare=None, check=None):
+def report_text(rows, meta, compare=None, checks=()):
     lines = [
         f"dpl.bench {meta['date']}  arch {meta['arch']}  device {meta['device']}  batch {meta['batch_size']}  "
         f"classes {meta['num_classes']}  steps {meta['steps']} (+{meta['warmup']} warm-up)  "
@@ -132,11 +181,11 @@ def report_text(rows, meta, compare=None, check=None):
     ]
     if compare is not None:
         lines += ["", eval_compare_line(compare)]
-    if check is not None:
-        lines += ["", target_line(check)]
+    if checks:
+        lines += [""] + [target_line(check) for check in checks]
     return "\n".join(lines)
 
 
-def report_document(rows, meta, compare=None, check=None):
-    """The JSON document ``--json`` writes."""
-    return {"benchmark": meta, "results": rows, "eval_compare": compare, "targets": check}
+def report_document(rows, meta, compare=None, checks=()):
+    """The JSON document ``--json`` writes (``targets``: the checks of ``--target``, empty without one)."""
+    return {"benchmark": meta, "results": rows, "eval_compare": compare, "targets": list(checks)}

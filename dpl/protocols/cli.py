@@ -3,18 +3,12 @@ import os
 import sys
 
 import dpl.tools.train as train_entry  # the whole training stack: a missing requirement fails here, in one line
-from dpl.project import PROJECT_ROOT
 
 from .methods import ProtocolError, read_method
 from .runner import PlanConfigError, execute, plan_request
-from .steps import DEFAULT_SOURCE, STEPS, StepContext
+from .steps import STEPS, step_context
 
 INTERRUPTED = {train_entry.EXIT_INTERRUPTED_SIGINT: "SIGINT", train_entry.EXIT_INTERRUPTED_SIGTERM: "SIGTERM"}
-
-
-def step_context(method, script, env):
-    output = os.path.abspath(os.path.expanduser(env.get("OUTPUT") or str(PROJECT_ROOT / "output")))
-    return StepContext(method, script, output, config=env.get("CFG", ""), source=env.get("SOURCE") or DEFAULT_SOURCE)
 
 
 def require_data(env):

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Dict
 
 from dpl.project import PROJECT_ROOT
+from dpl.results.layout import TRAINING_FREE_TRAINERS
 
 SCRIPTS_DIR = PROJECT_ROOT / "scripts"
 METHOD_FILE = "method.sh"
@@ -28,6 +29,11 @@ class Method:
     folder: str
     trainer: str
     configs: Dict[str, str] = field(default_factory=dict)  # CFG_* variables
+
+    @property
+    def training_free(self):
+        """A trainer that does not train (zero-shot CLIP): deterministic, so one seed's run is enough."""
+        return self.trainer in TRAINING_FREE_TRAINERS
 
     def has_script(self, script):
         return os.path.isfile(os.path.join(self.folder, script))
@@ -64,7 +70,8 @@ def read_method(folder):
 
 
 def available_methods(scripts_dir=SCRIPTS_DIR):
-    """Every method folder of ``scripts_dir``, by name."""
+    """Every method folder of ``scripts_dir`` (a folder with a ``method.sh``), by name: a new method is a
+    new folder, which every command that lists methods (``scripts/run_protocol.py --methods``) knows."""
     names = sorted(entry for entry in os.listdir(scripts_dir)
                    if os.path.isfile(os.path.join(scripts_dir, entry, METHOD_FILE)))
     return {name: read_method(os.path.join(scripts_dir, name)) for name in names}

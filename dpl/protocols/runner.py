@@ -14,7 +14,6 @@ from typing import Optional
 from dpl.project import PROJECT_ROOT
 from dpl.results import identity as ident
 from dpl.results import layout, runs
-from dpl.results.schema import RESULTS_NAME, is_finished, read_results
 
 from .methods import ProtocolError
 
@@ -129,16 +128,15 @@ def plan_request(request, trainer, data="", tag="", defaults=None, load_epoch=""
     return planned
 
 
-def final_epoch(model_dir):
+def final_epoch(model_dir, state):
     """The highest ``N`` of ``model_dir/<model name>/model.pth.tar-N`` (or, when those files were deleted
-    to save space, the epochs its finished ``results.json`` records)."""
+    to save space, the epochs recorded by the finished run: ``state`` is ``model_dir``'s ``RunState``)."""
     epochs = [int(m.group(1)) for path in glob.glob(os.path.join(glob.escape(model_dir), "*", "model.pth.tar-*"))
               if (m := _CHECKPOINT_FILE.fullmatch(os.path.basename(path)))]
     if epochs:
         return max(epochs)
-    recorded = read_results(os.path.join(model_dir, RESULTS_NAME))
-    if is_finished(recorded) and isinstance(recorded.get("epoch"), int):
-        return recorded["epoch"]
+    if state.finished and state.checkpoint is None and state.epoch is not None:  # recorded by its results.json
+        return state.epoch
     raise ProtocolError(f"no checkpoint model.pth.tar-<epoch> under {model_dir}/*/ (was the training run saved?)")
 
 
@@ -160,7 +158,7 @@ def evaluation_identity(planned, load_epoch=""):
         raise ModelNotReady(runs.conflict_message(decision, model.identity, _remedy(model.run_dir)), conflict=True)
     if decision.action != "finished":
         raise ModelNotReady(f"the training run {model.run_dir} is not finished: run its training script first")
-    epoch = int(load_epoch) if load_epoch else final_epoch(model.run_dir)
+    epoch = int(load_epoch) if load_epoch else final_epoch(model.run_dir, decision.state)
     reference = runs.model_reference(model.run_dir, epoch)
     identity = ident.run_identity(planned.cfg, model=reference)
     return identity, ["--model-dir", model.run_dir, "--load-epoch", str(epoch)], decision.note

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
+from dpl.project import PROJECT_ROOT
 from dpl.results import layout
 
 from .methods import ProtocolError
@@ -21,6 +22,7 @@ XD_SHOTS = 16
 LONG_TAIL_SHOTS = 10000  # as the official code: "all" training images of each class before the profile
 LONG_TAIL_RATIO = "10"
 DEFAULT_SOURCE = "imagenet"
+DEFAULT_OUTPUT = PROJECT_ROOT / "output"  # OUTPUT when unset
 _INT = re.compile(r"[0-9]+")
 _RATIO = re.compile(r"[0-9]+(\.[0-9]+)?")
 
@@ -54,6 +56,13 @@ class RunRequest:
 
     def tag(self, cfg):
         return self.tag_of(cfg) if self.tag_of is not None else config_stem(self.config_name)
+
+
+def step_context(method, script, env):
+    """The ``StepContext`` of a ``scripts/<method>/`` script (``script``, e.g. ``dpl/base2new_train.sh``)
+    run in the environment ``env`` (OUTPUT, CFG, SOURCE)."""
+    output = os.path.abspath(os.path.expanduser(env.get("OUTPUT") or str(DEFAULT_OUTPUT)))
+    return StepContext(method, script, output, config=env.get("CFG", ""), source=env.get("SOURCE") or DEFAULT_SOURCE)
 
 
 def config_stem(config):

@@ -40,6 +40,10 @@ PROTOCOL_DATASETS = {
     "dg": DG_TARGETS,
 }
 
+# Trainers that do not train: deterministic, they run once (the first seed's folder) and that run stands
+# for every seed, in the protocol runs (scripts/run_protocol.py) and in the tables.
+TRAINING_FREE_TRAINERS = ("ZeroshotCLIP", "ZeroshotCLIP2")
+
 CHECKPOINT_POINTER = "checkpoint"
 BEST_NAME = "model-best.pth.tar"
 LAST_NAME = "model-last.pth.tar"

@@ -3,7 +3,9 @@
 ``parse_run(dir)`` reads the result of one folder: ``results.json`` when it records the final
 test-split result, else ``log.txt``, else the newest ``log.txt-<timestamp>`` that holds one.
 
-``read_state(dir)`` and ``decide(state, identity)`` are the one place that says whether a requested
+``read_state(dir)`` is the one definition of a finished run (``RunState.finished``: the engine's
+``TRAIN.IF_EXISTS``, the protocol scripts, ``scripts/run_protocol.py`` and ``parse_results.py
+--run-status`` all ask it). ``decide(state, identity)`` is the one place that says whether a requested
 run is new, continues, is already done, or collides with another experiment in the same folder:
 
 =============  ============================================================================
@@ -25,8 +27,7 @@ from typing import Dict, Optional
 from . import identity as run_identity
 from .layout import CHECKPOINT_POINTER, latest_checkpoint_path
 from .logs import TEST_END_SIGNAL, TRAIN_END_SIGNALS, log_candidates, parse_log
-from .schema import (LONG_TAIL_GROUPS, RESULTS_NAME, final_test_record, is_finished, read_results,
-                     recorded_identity)
+from .schema import LONG_TAIL_GROUPS, RESULTS_NAME, final_test_record, read_results, recorded_identity
 
 JSON_KEY_ALIASES = {"error": "error_rate"}  # log keyword -> results.json key
 
@@ -127,7 +128,7 @@ class RunState:
     identity: Optional[dict] = None  # recorded by results.json or the latest checkpoint; None: none recorded
     result: Optional[str] = None  # where the final result is, e.g. "<dir>/results.json: accuracy 61.25%"
     checkpoint: Optional[str] = None  # the latest checkpoint of an unfinished run
-    epoch: Optional[int] = None  # epochs done behind that checkpoint
+    epoch: Optional[int] = None  # epochs done: behind that checkpoint, or those a finished results.json records
     batch: int = 0  # batches of the next epoch done behind it (a mid-epoch checkpoint)
 
     @property
@@ -170,15 +171,27 @@ def _trained_without_test(checkpoint):
     return bool(no_test) and epochs is not None and checkpoint.get("epoch", 0) >= epochs and not checkpoint.get("batch")
 
 
+def _written_by_final_test(doc):
+    """True when a results.json document was written by a run's final test (after training, or an
+    eval-only run): a test during training writes ``finished: false``."""
+    return bool(doc) and doc.get("finished") is True
+
+
 def read_state(run_dir, keyword="accuracy"):
-    """The ``RunState`` of ``run_dir`` (an empty state when the folder does not exist)."""
+    """The ``RunState`` of ``run_dir`` (an empty state when the folder does not exist).
+
+    The one definition of a finished run: its results.json was written by the final test; or, for a
+    folder of older code (no run identity recorded), a log holds the final result; or its last
+    checkpoint ends a run configured with ``TEST.NO_TEST`` (no result to wait for).
+    """
     state = RunState(run_dir)
     if not os.path.isdir(run_dir):
         return state
     json_path = os.path.join(run_dir, RESULTS_NAME)
     doc = read_results(json_path)
-    if is_finished(doc):
+    if _written_by_final_test(doc):
         state.finished, state.identity = True, recorded_identity(doc)[1]
+        state.epoch = doc["epoch"] if isinstance(doc.get("epoch"), int) else None
         record = final_test_record(doc)
         value = record.get(JSON_KEY_ALIASES.get(keyword, keyword)) if record is not None else None
         state.result = f"{json_path}: {keyword} {value:.2f}%" if isinstance(value, (int, float)) else json_path
@@ -197,6 +210,18 @@ def read_state(run_dir, keyword="accuracy"):
         if _trained_without_test(checkpoint):
             state.finished, state.result = True, f"{checkpoints[0]}: trained, no test (TEST.NO_TEST)"
     return state
+
+
+def run_status(run_dir, keyword="accuracy"):
+    """``(finished, line)`` for ``parse_results.py --run-status``: where a finished run's result is, or
+    why the run is not finished (its progress, or what its logs lack)."""
+    state = read_state(run_dir, keyword)
+    if state.finished:
+        return True, state.result
+    if state.checkpoint is not None:
+        return False, f"{run_dir}: {state.describe()}"
+    reason = parse_run(run_dir, keyword).problem
+    return False, reason or f"{os.path.join(run_dir, RESULTS_NAME)} does not record a finished run"
 
 
 def model_reference(model_dir, epoch=None):

@@ -1,8 +1,9 @@
 """``results.json``: the machine-readable result of a run, written atomically beside ``log.txt``.
 
 One writer (``build_results``, called by the engine's ``test()``) and one reader (``read_results`` /
-``final_test``). Schema (``schema_version`` 2; version 1 files, written before runs recorded their
-identity, are read too). Top-level keys describe the most recent ``test()`` call, which at the end
+``final_test_record``); whether a run is finished is ``dpl.results.runs.read_state``'s to say.
+Schema (``schema_version`` 2; version 1 files, written before runs recorded their identity, are read
+too). Top-level keys describe the most recent ``test()`` call, which at the end
 of a run is its final test:
 
 ==================  =================================================================================
@@ -174,11 +175,6 @@ def read_results(path):
     except (OSError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
-
-
-def is_finished(doc):
-    """True when ``doc`` was written by a run's final test (after training, or an eval-only run)."""
-    return bool(doc) and doc.get("finished") is True
 
 
 def final_test_record(doc):
