@@ -21,6 +21,7 @@ from dpl.engine import TRAINER_REGISTRY, TrainerX, build_trainer, extend_cfg_for
 from dpl.metrics import compute_accuracy
 from dpl.optim import build_lr_scheduler, build_optimizer
 from dpl.utils import close_logger, set_random_seed
+from helpers import registered
 
 CLASSNAMES = ["red", "green", "blue"]
 ACCURACY_RE = re.compile(r"\* accuracy: ([\.\deE+-]+)%")
@@ -31,7 +32,6 @@ class SimulatedKill(Exception):
     """Stands in for SIGKILL in the middle of an epoch."""
 
 
-@DATASET_REGISTRY.register()
 class EngineTestSquares(DatasetBase):
     """``<root>/engine_squares/<split>/<classname>/<i>.png``."""
 
@@ -49,7 +49,6 @@ class EngineTestSquares(DatasetBase):
         ]
 
 
-@TRAINER_REGISTRY.register()
 class EngineTestLinear(TrainerX):
     @classmethod
     def extend_cfg(cls, cfg):
@@ -83,9 +82,16 @@ class EngineTestLinear(TrainerX):
         return {"loss": ce.item(), "acc": compute_accuracy(output, label)[0].item()}
 
 
-@TRAINER_REGISTRY.register()
 class EngineTestLinearTwin(EngineTestLinear):
     """Same model name ("linear"), another trainer: its checkpoints must not be mixed up."""
+
+
+@pytest.fixture(scope="module", autouse=True)
+def engine_test_classes():
+    """The dataset and trainers above are registered while this file's tests run, and only then."""
+    with registered(DATASET_REGISTRY, EngineTestSquares), registered(TRAINER_REGISTRY, EngineTestLinear,
+                                                                      EngineTestLinearTwin):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import re
 import numpy as np
 import pytest
 
-import test_trainer_base
-from test_trainer_base import run_train, train_opts
+import dpl.tools.train as TRAIN
+from helpers import run_train, train_opts
 
 import parse_results  # noqa: E402  (the repo root is on sys.path: tests/conftest.py)
 from dpl.results import runs  # noqa: E402
@@ -27,7 +27,7 @@ def trained(tmp_path_factory, tiny_clip_path):
     """One epoch of CoOp on the long-tailed base classes, per-class results off (the groups must not need them)."""
     tmp_path = tmp_path_factory.mktemp("long_tail")
     with pytest.MonkeyPatch.context() as mp:  # torch's collect_env runs `pip list`; not under test here
-        mp.setattr(test_trainer_base.TRAIN, "collect_env_info", lambda: "(not collected)")
+        mp.setattr(TRAIN, "collect_env_info", lambda: "(not collected)")
         code, out, log = run_train(tmp_path, tiny_clip_path, "CoOp", CONFIG, train_opts(1, "0.01"), LONG_TAIL,
                                    ("TEST.PER_CLASS_RESULT", "False"), n_classes=10, per_class=12)
     assert code == 0, log[-3000:]
@@ -35,7 +35,7 @@ def trained(tmp_path_factory, tiny_clip_path):
 
 
 def eval_only(tmp_path, weights, model_dir, out, *opts, monkeypatch):
-    monkeypatch.setattr(test_trainer_base.TRAIN, "collect_env_info", lambda: "(not collected)")
+    monkeypatch.setattr(TRAIN, "collect_env_info", lambda: "(not collected)")
     code, test_out, log = run_train(tmp_path, weights, "CoOp", CONFIG, "--eval-only", "--model-dir", str(model_dir),
                                     "--load-epoch", "1", opts, out=out, n_classes=10, per_class=12)
     assert code == 0, log[-3000:]

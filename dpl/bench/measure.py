@@ -153,10 +153,8 @@ def training_step_seconds(trainer, batch, steps, warmup):
     """(wall, CPU) seconds of each timed ``forward_backward`` (forward, backward, optimizer step) after
     ``warmup`` untimed steps."""
     trainer.set_model_mode("train")
-    trainer.num_batches = steps + warmup + 2  # never the epoch's last batch: the LR schedule stays put
     wall, cpu = [], []
     for index in range(warmup + steps):
-        trainer.batch_idx = index
         elapsed, cpu_elapsed, _ = _timed(trainer.device, lambda: _train_step(trainer, batch))
         if index >= warmup:
             wall.append(elapsed)
@@ -228,7 +226,6 @@ def _measure(task):
                       step_cpu_seconds_median=statistics.median(cpu), peak_memory_mib=peak,
                       peak_memory_total_mib=peak_total, memory_kind=memory.kind)
         if task.count_flops:
-            trainer.batch_idx = task.warmup + task.steps
             result.update(step_gflop=training_step_flops(trainer, batch) / 1e9)
         del batch
     if task.eval_batches > 0:

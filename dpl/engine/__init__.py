@@ -10,7 +10,7 @@ from .errors import (
     UserError,
 )
 from .interrupts import RunInterrupted, StopRequests
-from .runtime import RunLock, configure_determinism, output_dir_action, skip_message
+from .runtime import OutputDirClaim, RunLock, configure_determinism, evaluation_action, output_dir_action, skip_message
 from .trainer import SimpleTrainer, TrainerBase, TrainerX
 
 __all__ = [
@@ -21,8 +21,10 @@ __all__ = [
     "SimpleTrainer",
     "TrainerX",
     "RunLock",
+    "OutputDirClaim",
     "configure_determinism",
     "output_dir_action",
+    "evaluation_action",
     "RunInterrupted",
     "StopRequests",
     "RunConflictError",

@@ -1,4 +1,9 @@
-"""What happens around a run: the output-dir policy (by run identity), the run lock and the determinism switch."""
+"""What happens around a run: the output-dir policy (by run identity), the run lock and the determinism switch.
+
+``OutputDirClaim`` is the one place that applies the policy and holds the lock: ``train.py`` claims the
+folder before it builds anything (a finished run is skipped without loading CLIP or data) and hands the
+claim to the trainer; a trainer used without ``train.py`` makes the same claim in ``train()``.
+"""
 import contextlib
 import datetime
 import json
@@ -26,14 +31,9 @@ def output_dir_action(cfg, identity):
     ``RunConflictError`` when the folder holds another experiment, whatever the policy, and
     ``OutputDirExistsError`` under policy ``error`` when it holds this one.
     """
-    from dpl.results import runs
-
     policy = cfg.TRAIN.IF_EXISTS
     check_availability(policy, IF_EXISTS_POLICIES, "TRAIN.IF_EXISTS policy")
-    decision = runs.decide(runs.read_state(cfg.OUTPUT_DIR), identity)
-    if decision.action == "conflict":
-        raise RunConflictError(runs.conflict_message(decision, identity, "choose another --output-dir, or move "
-                                                                         "the folder away"))
+    decision = _decide_or_refuse(cfg.OUTPUT_DIR, identity)
     if decision.action == "fresh":
         return "fresh", decision
     if policy == "error":
@@ -45,6 +45,24 @@ def output_dir_action(cfg, identity):
     if policy == "skip" and decision.action == "finished":
         return "skip", decision
     return "resume", decision
+
+
+def evaluation_action(cfg, identity):
+    """``("evaluate", decision)``: an evaluation always runs, but never in a folder of another experiment
+    (``RunConflictError``)."""
+    return "evaluate", _decide_or_refuse(cfg.OUTPUT_DIR, identity)
+
+
+def _decide_or_refuse(output_dir, identity):
+    """The ``dpl.results.runs`` decision for ``identity`` in ``output_dir``; a folder of another experiment
+    is refused (``RunConflictError``) whatever the caller and policy."""
+    from dpl.results import runs
+
+    decision = runs.decide(runs.read_state(output_dir), identity)
+    if decision.action == "conflict":
+        raise RunConflictError(runs.conflict_message(decision, identity, "choose another --output-dir, or move "
+                                                                         "the folder away"))
+    return decision
 
 
 def skip_message(output_dir, result):
@@ -159,6 +177,42 @@ class RunLock:
 
     def __exit__(self, *exc):
         self.release()
+        return False
+
+
+class OutputDirClaim:
+    """A run's claim on ``cfg.OUTPUT_DIR``: the decision, made on construction, and the run lock, held
+    while the claim is entered (``with claim:``).
+
+    ``action`` is ``output_dir_action``'s (``"fresh"``, ``"resume"``, ``"skip"``) for training, or
+    ``"evaluate"`` (``evaluating``); the errors are theirs, raised before anything is written. ``notes``:
+    the lines to log once the log is open (the decision's note, a stale lock taken over). Entering it
+    again (the trainer inside ``train.py``) takes no second lock: ``RunLock`` is re-entrant.
+    """
+
+    def __init__(self, cfg, identity, evaluating=False):
+        self.output_dir = cfg.OUTPUT_DIR
+        self.action, self.decision = (evaluation_action if evaluating else output_dir_action)(cfg, identity)
+        self.notes = [self.decision.note] if self.decision.note else []
+        self._locks = []
+
+    @property
+    def skip(self):
+        return self.action == "skip"
+
+    def skip_message(self):
+        return skip_message(self.output_dir, self.decision.state.result)
+
+    def __enter__(self):
+        lock = RunLock(self.output_dir)
+        note = lock.acquire()
+        self._locks.append(lock)
+        if note:
+            self.notes.append(note)
+        return self
+
+    def __exit__(self, *exc):
+        self._locks.pop().release()
         return False
 
 

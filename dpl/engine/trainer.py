@@ -1,10 +1,13 @@
 """The trainer lifecycle: ``TrainerBase`` -> ``SimpleTrainer`` -> ``TrainerX`` (Dassl's API and log lines).
 
 Construction (``SimpleTrainer.__init__``): ``check_cfg`` -> device -> ``build_data_loader`` ->
-``build_model`` -> evaluator. Training (``train()``): run lock, ``before_train`` (training images
-checked, resume), then per epoch: data-order seeding, ``before_epoch``, ``run_epoch`` (a step per
-batch, then ``after_step``), ``after_epoch`` (validation, checkpoints), and ``after_train`` (final
-test, ``results.json``).
+``build_model`` -> evaluator (handed the long-tail groups of the training set: group metrics are
+the evaluator's). Training (``train()``), inside the run's claim on ``OUTPUT_DIR`` (``OutputDirClaim``:
+``TRAIN.IF_EXISTS`` decision and run lock): ``before_train`` (training images checked, resume), then
+per epoch: data-order seeding, ``before_epoch``, ``run_epoch`` (a step per batch, then ``after_step``;
+the schedulers step once, after the last batch's ``forward_backward``, unless the trainer called
+``update_lr`` itself), ``after_epoch`` (validation, checkpoints), and ``after_train`` (final test,
+``results.json``).
 
 Checkpoints (per registered model, in ``OUTPUT_DIR/<model name>/``): Dassl's numbered
 ``model.pth.tar-<epoch>`` every ``TRAIN.CHECKPOINT_FREQ`` epochs and after the last one, and, so that
@@ -32,7 +35,6 @@ import torch
 
 from dpl.evaluation import build_evaluator
 from dpl.results import identity as run_identity
-from dpl.results import runs as run_states
 from dpl.results import schema as results_json
 from dpl.utils.errors import UnwritableFileError
 from dpl.utils.meters import AverageMeter, MetricMeter
@@ -49,9 +51,9 @@ from dpl.utils.torchtools import (
 )
 from dpl.utils.tools import write_json
 
-from .errors import CheckpointMismatchError, CheckpointNotFoundError, NonFiniteLossError, RunConflictError
+from .errors import CheckpointMismatchError, CheckpointNotFoundError, NonFiniteLossError
 from .interrupts import NoStopRequests, RunInterrupted
-from .runtime import RunLock
+from .runtime import OutputDirClaim
 
 
 def _format_components(components):
@@ -95,6 +97,21 @@ class TrainerBase:
         self.start_batch = 0  # the batch the current epoch starts at (0 unless resumed mid-epoch)
         self.stops = NoStopRequests()  # the entry point installs real SIGINT/SIGTERM handling
         self.last_saved = None  # the checkpoint file written last (named when a run stops on a signal)
+        self.lr_stepped = False  # the schedulers stepped in the current epoch already (update_lr ran)
+        self.output_claim = None  # the entry point's claim on OUTPUT_DIR (decision + lock); train() makes one without
+        self._run_identity = None  # computed on first use; the entry point sets it (an evaluation's too)
+
+    # ----- identity: what the run's results, checkpoints and output-dir claim record ---------------------
+    @property
+    def run_identity(self):
+        """This run's identity (``dpl.results.identity``); an evaluation's is set by the entry point."""
+        if self._run_identity is None:
+            self._run_identity = run_identity.run_identity(self.cfg)
+        return self._run_identity
+
+    @run_identity.setter
+    def run_identity(self, identity):
+        self._run_identity = identity
 
     # ----- model registry -------------------------------------------------------------------------
     def register_model(self, name="model", model=None, optim=None, sched=None):
@@ -121,9 +138,23 @@ class TrainerBase:
             self._models[name].train(mode == "train")
 
     def update_lr(self, names=None):
+        """Step the schedulers. The engine calls it once per epoch (``step_lr_once``); a Dassl-style trainer
+        that calls it itself (in ``forward_backward`` at the epoch's last batch) is not stepped twice."""
         for name in self.get_model_names(names):
             if self._scheds[name] is not None:
                 self._scheds[name].step()
+        self.lr_stepped = True
+
+    def step_lr_once(self):
+        """The epoch's scheduler step, after its last batch: taken unless the trainer took it itself.
+
+        The flag is cleared here, so epoch-end checkpoints never record it; a mid-epoch checkpoint
+        written after a trainer's own step records it (``get_trainer_state``), so the resumed epoch
+        does not step again.
+        """
+        if not self.lr_stepped:
+            self.update_lr()
+        self.lr_stepped = False
 
     def get_current_lr(self, names=None):
         name = self.get_model_names(names)[0]
@@ -207,6 +238,8 @@ class TrainerBase:
         state = {"rng": get_rng_state(), "best_result": float(getattr(self, "best_result", -np.inf))}
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
+        if self.lr_stepped:  # only mid-epoch, after a trainer's own step (``step_lr_once``)
+            state["lr_stepped"] = True
         return state
 
     def set_trainer_state(self, state):
@@ -215,6 +248,8 @@ class TrainerBase:
             self.best_result = state["best_result"]
         if "scaler" in state and self.scaler is not None:
             self.scaler.load_state_dict(state["scaler"])
+        if "lr_stepped" in state:
+            self.lr_stepped = state["lr_stepped"]
         if "rng" in state:
             set_rng_state(state["rng"])
 
@@ -347,13 +382,22 @@ class TrainerBase:
 
     # ----- the loop -------------------------------------------------------------------------------
     def train(self, start_epoch, max_epoch):
-        """Generic loop; holds the run lock of ``OUTPUT_DIR`` throughout.
+        """Generic loop, inside the run's claim on ``OUTPUT_DIR`` (``TRAIN.IF_EXISTS`` decision and run lock).
 
-        Whether a folder is trained, resumed or left alone is decided before (``train.py``:
-        ``dpl.results.runs.decide``); a checkpoint of another experiment is refused here too.
+        ``train.py`` claims the folder before it builds the trainer and hands the claim over
+        (``output_claim``); a trainer used without it makes the same claim here, so it too never trains
+        in a folder of another experiment or in one another run holds.
         """
         self.start_epoch, self.max_epoch = start_epoch, max_epoch
-        with RunLock(self.output_dir):
+        own = self.output_claim is None
+        claim = OutputDirClaim(self.cfg, self.run_identity) if own else self.output_claim
+        if claim.skip:
+            print(claim.skip_message())
+            return
+        with claim:
+            for note in claim.notes if own else ():  # train.py logs the notes of its claim
+                print(note)
+            self.lr_stepped = False  # a step before training is not this epoch's (a mid-epoch resume restores it)
             self.before_train()
             with self.stops.deferred():
                 for self.epoch in range(self.start_epoch, self.max_epoch):
@@ -422,14 +466,12 @@ class SimpleTrainer(TrainerBase):
         self.cfg = cfg
         self.build_data_loader()
         self.build_model()
-        self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
+        self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname, groups=self.long_tail_groups())
         self.best_result = -np.inf
         self.train_seconds = None
         self._training = False
         self._test_records = OrderedDict()
         self.code_version = None  # dpl version and git commit (computed on first use; the entry point sets it)
-        self._long_tail_groups = False  # computed on first use: None or {label: group}
-        self._run_identity = None  # computed on first use; the entry point sets an evaluation's
 
     def check_cfg(self, cfg):
         """Validate the trainer's config node (e.g. ``PREC``); called first in ``__init__``."""
@@ -487,36 +529,24 @@ class SimpleTrainer(TrainerBase):
         if "data_seed" in state and dm is not None and hasattr(dm, "data_seed"):
             dm.data_seed = state["data_seed"]
 
-    # ----- identity: what a run's results and checkpoints record --------------------------------------
-    @property
-    def run_identity(self):
-        """This run's identity (``dpl.results.identity``); an evaluation's is set by the entry point."""
-        if self._run_identity is None:
-            self._run_identity = run_identity.run_identity(self.cfg)
-        return self._run_identity
-
-    @run_identity.setter
-    def run_identity(self, identity):
-        self._run_identity = identity
-
+    # ----- what a run's results and checkpoints record -------------------------------------------------
     def checkpoint_record(self):
         identity = self.run_identity
         return {"run_identity": identity, "run_id": run_identity.run_id(identity),
                 "config": results_json.cfg_to_dict(self.cfg)}
 
     def check_resumable(self, checkpoint, path, directory):
-        """The run's own folder is resumed only for its own experiment; ``RESUME`` (another folder, the
-        user's explicit choice) and checkpoints of older code only get a note."""
+        """Notes on checkpoints of older code and on ``RESUME`` (another folder, the user's explicit choice).
+
+        The run's own folder was claimed for this experiment before (``OutputDirClaim``): a folder of
+        another experiment never gets here.
+        """
         recorded = checkpoint.get("run_identity")
         if recorded == self.run_identity:
             return
         if recorded is None:
             print(f"Note: {path} records no run identity (written before runs recorded one): resuming it as before")
-        elif os.path.abspath(directory) == os.path.abspath(self.output_dir):
-            decision = run_states.Decision("conflict", run_states.read_state(directory))
-            raise RunConflictError(run_states.conflict_message(
-                decision, self.run_identity, "choose another --output-dir, or move the folder away"))
-        else:
+        elif os.path.abspath(directory) != os.path.abspath(self.output_dir):
             print(f"Note: RESUME {directory} holds run {run_identity.run_id(recorded)}, this run is "
                   f"{run_identity.run_id(self.run_identity)}: continuing from its weights as asked")
 
@@ -589,7 +619,6 @@ class SimpleTrainer(TrainerBase):
             output = self.model_inference(input)
             self.evaluator.process(output, label)
         results = self.evaluator.evaluate()
-        self.add_group_accuracy(results)
         for k, v in results.items():
             if isinstance(v, numbers.Real):
                 self.write_scalar(f"{split}/{k}", v, self.epoch)
@@ -600,35 +629,20 @@ class SimpleTrainer(TrainerBase):
         return list(results.values())[0]
 
     def long_tail_groups(self):
-        """``{label: "many" | "medium" | "few"}`` of this run's long-tail training set, else None.
+        """``{label: "many" | "medium" | "few"}`` of this run's long-tail training set, else None: what
+        the evaluator needs for ``group_accuracy`` (the metric itself is the evaluator's).
 
         Only runs with ``DATASET.IMBALANCE_RATIO != 1`` on a dataset with a training split have groups;
         they describe this run's training counts (``long_tail_groups(train_x)``), so they belong to a
         test of the same classes (the long-tail ``train_base`` run; the new-class test passes no ratio).
         """
-        if self._long_tail_groups is False:
-            self._long_tail_groups = None
-            dataset = getattr(getattr(self, "dm", None), "dataset", None)
-            if self.cfg.DATASET.IMBALANCE_RATIO != 1 and dataset is not None and dataset.train_x and \
-                    not getattr(dataset, "test_only", False):
-                from dpl.data.datasets import long_tail_groups
+        dataset = getattr(getattr(self, "dm", None), "dataset", None)
+        if self.cfg.DATASET.IMBALANCE_RATIO == 1 or dataset is None or not dataset.train_x or \
+                getattr(dataset, "test_only", False):
+            return None
+        from dpl.data.datasets import long_tail_groups  # imported here: the engine must import without the data stack
 
-                self._long_tail_groups = long_tail_groups(dataset.train_x)
-        return self._long_tail_groups
-
-    def add_group_accuracy(self, results):
-        """Long-tail runs: add ``group_accuracy`` to ``results`` and tag its ``per_class`` rows with their group."""
-        groups = self.long_tail_groups()
-        if groups is None or not hasattr(self.evaluator, "group_accuracy"):
-            return
-        from dpl.data.datasets import LONG_TAIL_GROUPS
-
-        accuracies = self.evaluator.group_accuracy(groups, LONG_TAIL_GROUPS)
-        if accuracies is None:
-            return
-        results["group_accuracy"] = accuracies
-        for row in results.get("per_class", ()):
-            row["group"] = groups[row["label"]]
+        return long_tail_groups(dataset.train_x)
 
     def write_results(self, split, results, test_seconds):
         """Record this test and rewrite ``OUTPUT_DIR/results.json`` atomically (schema: dpl.results.schema)."""
@@ -677,6 +691,8 @@ class TrainerX(SimpleTrainer):
         for self.batch_idx, batch in enumerate(self.train_loader_x, start=self.start_batch):
             data_time.update(time.time() - end)
             loss_summary = self.forward_backward(batch)
+            if self.batch_idx + 1 == self.num_batches:
+                self.step_lr_once()  # before the progress line: it shows the LR the next epoch uses
             batch_time.update(time.time() - end)
             losses.update(loss_summary)
             if (self.batch_idx + 1) % print_freq == 0 or self.num_batches < print_freq:

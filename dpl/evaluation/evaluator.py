@@ -13,8 +13,10 @@ Printed block (Dassl's, parsed by ``parse_test_res.py``)::
 results on (``TEST.PER_CLASS_RESULT`` or ``evaluate(per_class=True)``) also ``perclass_accuracy``
 (the mean of the per-class accuracies, as in Dassl) and ``per_class`` (a list of
 ``{"label", "classname", "total", "correct", "accuracy"}`` dicts, one per class seen in the labels).
-``group_accuracy(groups, names)`` gives long-tail runs their many/medium/few-shot accuracies from the
-same predictions, whether or not per-class results are on.
+A long-tail run's evaluator is built with ``groups`` (``{label: "many" | "medium" | "few"}`` of its
+training classes, ``dpl.data.datasets.long_tail_groups``): ``evaluate()`` then also returns
+``group_accuracy`` (many/medium/few-shot accuracies from the same predictions, whether or not per-class
+results are on) and tags each ``per_class`` row with its ``group``.
 """
 import os
 from collections import OrderedDict
@@ -60,9 +62,10 @@ class EvaluatorBase:
 class Classification(EvaluatorBase):
     """Accumulates predictions batch by batch; ``evaluate()`` prints and returns the metrics."""
 
-    def __init__(self, cfg, lab2cname=None, **kwargs):
+    def __init__(self, cfg, lab2cname=None, groups=None, **kwargs):
         super().__init__(cfg)
         self._lab2cname = lab2cname
+        self._groups = groups  # {label: group name} of a long-tail run's training classes, else None
         self.reset()
 
     def reset(self):
@@ -100,18 +103,23 @@ class Classification(EvaluatorBase):
             for label, n, c in zip(labels, total, correct)
         ]
 
-    def group_accuracy(self, groups, names):
+    def group_accuracy(self):
         """Mean per-class accuracy (%) of the classes of each group; prints ``* many-shot accuracy: 71.3%``.
 
-        ``groups``: ``{label: group name}`` of the training classes; ``names``: the group names in print
-        order. Returns ``{name: accuracy or None}`` (None: no tested class in that group), or None when
-        a tested label has no group (the split's classes are not the training classes).
+        Returns ``{name: accuracy or None}`` in ``LONG_TAIL_GROUPS`` order (None: no tested class in that
+        group), or None without groups or when a tested label has none (the split's classes are not the
+        training classes: e.g. a new-class test).
         """
+        groups = self._groups
+        if not groups:
+            return None
         rows = self.per_class_results()
         if any(row["label"] not in groups for row in rows):
             return None
+        from dpl.data.datasets import LONG_TAIL_GROUPS  # here: evaluation must import without the data stack
+
         accuracies = OrderedDict()
-        for name in names:
+        for name in LONG_TAIL_GROUPS:
             in_group = [row["accuracy"] for row in rows if groups[row["label"]] == name]
             accuracies[name] = float(np.mean(in_group)) if in_group else None
             shown = f"{accuracies[name]:.1f}%" if in_group else "n/a (no tested class in this group)"
@@ -153,7 +161,17 @@ class Classification(EvaluatorBase):
             results["per_class"] = rows
         if self.cfg.TEST.COMPUTE_CMAT:
             self._save_confusion_matrix(y_true, y_pred)
+        self._add_group_accuracy(results)
         return results
+
+    def _add_group_accuracy(self, results):
+        """Long-tail runs: ``group_accuracy`` in ``results``, and each ``per_class`` row tagged with its group."""
+        accuracies = self.group_accuracy()
+        if accuracies is None:
+            return
+        results["group_accuracy"] = accuracies
+        for row in results.get("per_class", ()):
+            row["group"] = self._groups[row["label"]]
 
     def _save_confusion_matrix(self, y_true, y_pred):
         size = int(max(y_true.max(), y_pred.max())) + 1

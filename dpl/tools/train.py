@@ -24,16 +24,13 @@ import yaml
 
 from dpl.config import get_cfg_default
 from dpl.engine import (
-    RunConflictError,
+    OutputDirClaim,
     RunInterrupted,
-    RunLock,
     StopRequests,
     UserError,
     build_trainer,
     configure_determinism,
     extend_cfg_for_all_trainers,
-    output_dir_action,
-    skip_message,
 )
 from dpl.engine.build import check_trainer_nodes
 from dpl.results import identity as run_identity
@@ -178,36 +175,21 @@ def identity_of(args, cfg):
     return run_identity.run_identity(cfg, model=model)
 
 
-def folder_decision(args, cfg, identity):
-    """``(action, decision)`` for ``cfg.OUTPUT_DIR``: ``output_dir_action`` for training runs; an
-    evaluation always runs, but never in a folder of another experiment."""
-    if not args.eval_only:
-        return output_dir_action(cfg, identity)
-    decision = run_states.decide(run_states.read_state(cfg.OUTPUT_DIR), identity)
-    if decision.action == "conflict":
-        raise RunConflictError(run_states.conflict_message(
-            decision, identity, "choose another --output-dir, or move the folder away"))
-    return "evaluate", decision
-
-
 def main(args, cfg=None, stops=None):
     if cfg is None:
         cfg = setup_cfg(args)
     identity = identity_of(args, cfg)
-    action, decision = folder_decision(args, cfg, identity)
-    if action == "skip" and not args.no_train:
-        print(skip_message(cfg.OUTPUT_DIR, decision.state.result))
+    claim = OutputDirClaim(cfg, identity, evaluating=args.eval_only)  # decided before anything is built
+    if claim.skip and not args.no_train:
+        print(claim.skip_message())
         return
     if cfg.SEED >= 0:
         set_random_seed(cfg.SEED)
 
-    lock = RunLock(cfg.OUTPUT_DIR)
-    try:
-        lock_note = lock.acquire()  # before the logger: a refused run must not write into the active run's log
+    with claim:  # the lock before the logger: a refused run must not write into the active run's log
         setup_logger(cfg.OUTPUT_DIR)
-        for note in check_trainer_nodes(cfg) + [decision.note, lock_note]:
-            if note:
-                print(note)
+        for note in check_trainer_nodes(cfg) + claim.notes:
+            print(note)
         if cfg.SEED >= 0:
             print(f"Setting fixed seed: {cfg.SEED}")
         configure_determinism(cfg)
@@ -218,7 +200,7 @@ def main(args, cfg=None, stops=None):
         print_provenance(identity, code)
 
         trainer = build_trainer(cfg)
-        trainer.run_identity, trainer.code_version = identity, code
+        trainer.run_identity, trainer.code_version, trainer.output_claim = identity, code, claim
         if stops is not None:
             trainer.stops = stops
         if args.eval_only:
@@ -227,8 +209,6 @@ def main(args, cfg=None, stops=None):
             return
         if not args.no_train:
             trainer.train()
-    finally:
-        lock.release()
 
 
 def interrupted_line(exc, output_dir):
