@@ -12,6 +12,7 @@ import train
 from datagen import make_dataset
 from dpl_trainers import dropout_prompt as dpl
 from dpl import drople as parts
+from dpl.utils.errors import SettingError
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO / "configs" / "trainers" / "DropoutPrompt"
@@ -98,9 +99,9 @@ def test_shipped_configs_merge(path):
 
 def test_bad_settings_are_one_line_errors(dtd_root, tiny_clip_path, tmp_path, capsys):
     rc = train.cli(cli_args(dtd_root, tiny_clip_path, tmp_path / "bad", "TRAINER.DPL.IMPORTANCE", "random"))
-    assert rc == 1 and "TRAINER.DPL.IMPORTANCE='random'" in capsys.readouterr().err
-    with pytest.raises(Exception, match="DROP_LAYERS_TEXT"):
-        dpl.resolve_layers([0, 12], 9, 12, "TRAINER.DPL.DROP_LAYERS_TEXT")
+    assert rc == 1 and "TRAINER.DPL.IMPORTANCE is 'random': use one of [" in capsys.readouterr().err
+    with pytest.raises(SettingError, match="drop_layers_text: layers \\[12\\] are outside 0..11"):
+        dpl.resolve_layers([0, 12], 9, 12, "drop_layers_text")
     assert dpl.resolve_layers([], 3, 12, "K") == frozenset({0, 1, 2})
     assert dpl.resolve_layers([5], 3, 12, "K") == frozenset({5})
     assert dpl.resolve_layers(["none"], 3, 12, "K") == frozenset()
@@ -131,9 +132,8 @@ def test_eval_is_deterministic_and_equals_dropout_off(trainer, batch):
     assert torch.equal(first, second) and torch.equal(first, plain)
     # in training the same model does perturb (so the equality above is not vacuous) ...
     model.train()
-    text_hook, vision_hook = model.make_hooks()
     with torch.no_grad():
-        out = model.forward_train(images, text_hook, vision_hook)
+        out = model.forward_train(images)
         teacher = model.zero_shot_image_features(images)
     assert not torch.allclose(out["logits"], plain, atol=1e-4)
     # ... and the frozen teacher branch never is
@@ -170,8 +170,7 @@ def test_logged_components_are_the_weighted_terms_and_sum_to_the_total(trainer, 
     _, losses = trainer.compute_losses(images, labels)
     # recompute every raw term from the same draws
     torch.manual_seed(11)
-    text_hook, vision_hook = model.make_hooks()
-    out = model.forward_train(images, text_hook, vision_hook)
+    out = model.forward_train(images)
     text, image, logits = out["text_features"], out["image_features"], out["logits"]
     t_text, t_image = out["teacher_text_features"], out["teacher_image_features"]
     lam = parts.residual_lambda(10, trainer.max_epoch, 0.1)
@@ -191,7 +190,7 @@ def test_logged_components_are_the_weighted_terms_and_sum_to_the_total(trainer, 
         "loss_kl": kl * node.KL_WEIGHT,
         "loss_re": -node.RES_WEIGHT * (entropy(scale * r_image @ t_text.T) + entropy(scale * t_image @ r_text.T)),
         "loss_mag": node.MAG_WEIGHT * parts.mag_alignment_loss(
-            vision_hook.mag_features, text_hook.mag_features, labels),
+            out["vision_mag_features"], out["text_mag_features"], labels),
     }
     assert set(losses) == set(raw)
     for name, value in raw.items():

@@ -37,6 +37,7 @@ def test_leaves_import_the_library_never_each_other(folder):
     assert not offending, f"leaves importing other leaves: {offending}"
 
 
+@pytest.mark.slow
 def test_the_old_trainer_base_name_still_imports_and_warns_once():
     code = ("import dpl.project, dpl.prompting\n"
             "from dpl_trainers.base import ClipPromptTrainer\n"

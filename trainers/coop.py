@@ -3,7 +3,7 @@
 The context and its model are ``dpl.prompting.coop``; this trainer trains them with cross-entropy only.
 """
 from dpl.engine import TRAINER_REGISTRY
-from dpl.prompting import COOP_DEFAULTS, ClipPromptTrainer, CoOpModel, add_trainer_node
+from dpl.prompting import COOP_DEFAULTS, ClipPromptTrainer, ContextSettings, CoOpModel, add_trainer_node
 
 
 @TRAINER_REGISTRY.register()
@@ -12,10 +12,11 @@ class CoOp(ClipPromptTrainer):
 
     CFG_NODE = "COOP"
     MODEL_NAME = "prompt_learner"
+    SETTINGS = ContextSettings
 
     @classmethod
     def extend_cfg(cls, cfg):
         add_trainer_node(cfg, "COOP", COOP_DEFAULTS)
 
     def build_clip_model(self, clip_model, classnames):
-        return CoOpModel(clip_model, classnames, self.node)
+        return CoOpModel(clip_model, classnames, self.settings)

@@ -13,14 +13,19 @@ weighted term, so ``loss`` is their sum) and ``lambda``. Inference is the plain 
 The method's components are ``dpl.drople``; ``docs/METHOD.md`` is the
 specification (official code: AdamW 2e-4; the shipped configs use PromptSRC's SGD recipe, see the YAML).
 """
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
 import torch.nn.functional as F
 
-from dpl.clip import PROMPTSRC_TEMPLATES, dataset_template
-from dpl.engine import TRAINER_REGISTRY
-from dpl.engine.errors import UserError
+from dpl.clip import PROMPTSRC_TEMPLATES, clip_architecture, dataset_template
 from dpl.drople import (AlignmentGuidance, TokenDropout, TokenDropoutHook, mag_alignment_loss, residual_entropies,
                         residual_entropy_loss, residual_lambda)
-from dpl.prompting import PromptSRCModel, SelfRegulatingTrainer, add_trainer_node, kl_to_teacher, l1_consistency
+from dpl.engine import TRAINER_REGISTRY
+from dpl.engine.errors import UserError
+from dpl.prompting import (DeepPromptSettings, GPASettings, PromptSRCModel, SelfRegulatingTrainer, add_trainer_node,
+                           promptsrc_consistency_losses, require)
 
 DPL_DEFAULTS = dict(
     # IVLP prompts (base-to-novel: depth 9/9 as PromptSRC; the official code's vision depth is 6)
@@ -60,57 +65,104 @@ DPL_DEFAULTS = dict(
     GPA_STD=1.0,
 )
 TEACHER_TEMPLATE_CHOICES = ("promptsrc", "dataset")
+LOSS_WEIGHTS = ("mag_weight", "res_weight", "text_loss_weight", "image_loss_weight", "kl_weight", "res_lambda")
+# PromptSRC's consistency terms under the names this method has always logged.
+CONSISTENCY_LOG_NAMES = {"loss_scl_text": "loss_text", "loss_scl_image": "loss_img", "loss_kl": "loss_kl"}
 
 
-def token_dropout_from(node):
-    """``TokenDropout`` settings of a ``TRAINER.DPL`` node."""
-    return TokenDropout(
-        importance=node.IMPORTANCE, perturbation=node.PERTURBATION, p_min=node.P_MIN, p_max=node.P_MAX,
-        sigma=node.SIGMA, uniform_p=node.UNIFORM_P,
-    )
+@dataclass(frozen=True)
+class DropoutPromptSettings:
+    """``TRAINER.DPL``, validated once (field = key in lower case; ``dropout`` holds IMPORTANCE,
+    PERTURBATION, P_MIN, P_MAX, SIGMA, UNIFORM_P; ``gpa`` is None unless ``GPA``)."""
+
+    prompts: DeepPromptSettings
+    dropout: TokenDropout
+    drop_layers_text: tuple
+    drop_layers_vision: tuple
+    mag_tokens: int
+    mag_temperature: float
+    mag_weight: float
+    mag_detach: bool
+    res_weight: float
+    res_lambda: float
+    res_lambda_fixed: bool
+    text_loss_weight: float
+    image_loss_weight: float
+    kl_weight: float
+    teacher_templates: str
+    label_smoothing: float
+    gpa: Optional[GPASettings]
+
+    def __post_init__(self):
+        for field in LOSS_WEIGHTS:
+            require(getattr(self, field) >= 0, field, "it must be >= 0")
+        require(self.teacher_templates in TEACHER_TEMPLATE_CHOICES, "teacher_templates",
+                f"use one of {list(TEACHER_TEMPLATE_CHOICES)}")
+        require(0 <= self.label_smoothing < 1, "label_smoothing", "use a value in [0, 1)")
+        uses_mag = self.mag_weight > 0 or self.dropout.needs_alignment
+        require(self.mag_tokens >= 1 or not uses_mag, "mag_tokens",
+                "alignment guidance needs at least one bridge token (or MAG_WEIGHT 0 and an IMPORTANCE without MAG)")
+
+    @classmethod
+    def from_node(cls, node):
+        dropout = TokenDropout(importance=node.IMPORTANCE, perturbation=node.PERTURBATION, p_min=node.P_MIN,
+                               p_max=node.P_MAX, sigma=node.SIGMA, uniform_p=node.UNIFORM_P)
+        return cls(
+            prompts=DeepPromptSettings.from_node(node), dropout=dropout,
+            drop_layers_text=tuple(node.DROP_LAYERS_TEXT), drop_layers_vision=tuple(node.DROP_LAYERS_VISION),
+            mag_tokens=node.MAG_TOKENS, mag_temperature=node.MAG_TEMPERATURE, mag_weight=node.MAG_WEIGHT,
+            mag_detach=bool(node.MAG_DETACH), res_weight=node.RES_WEIGHT, res_lambda=node.RES_LAMBDA,
+            res_lambda_fixed=bool(node.RES_LAMBDA_FIXED), text_loss_weight=node.TEXT_LOSS_WEIGHT,
+            image_loss_weight=node.IMAGE_LOSS_WEIGHT, kl_weight=node.KL_WEIGHT,
+            teacher_templates=node.TEACHER_TEMPLATES, label_smoothing=node.LABEL_SMOOTHING,
+            gpa=GPASettings.from_node(node) if node.GPA else None,
+        )
 
 
-def resolve_layers(requested, prompted_depth, num_layers, key):
+def resolve_layers(requested, prompted_depth, num_layers, field):
     """The layer indices of ``requested``: empty = the prompted layers ``0 .. prompted_depth - 1``,
-    ``["none"]`` = no layer (e.g. dropout in one modality only), else layer indices of this backbone."""
+    ``["none"]`` = no layer (e.g. dropout in one modality only), else layer indices of this backbone.
+    A bad list is a ``SettingError`` of ``field``."""
     requested = list(requested)
     if not requested:
         return frozenset(range(prompted_depth))
     if [str(layer).lower() for layer in requested] == ["none"]:
         return frozenset()
-    if not all(isinstance(layer, int) and not isinstance(layer, bool) for layer in requested):
-        raise UserError(f"{key} = {requested}: give layer indices (e.g. [0, 1, 2]), [] or ['none']")
+    require(all(isinstance(layer, int) and not isinstance(layer, bool) for layer in requested), field,
+            "give layer indices (e.g. [0, 1, 2]), [] or ['none']")
     bad = [layer for layer in requested if not 0 <= layer < num_layers]
-    if bad:
-        raise UserError(f"{key} = {requested} has layers {bad} outside 0..{num_layers - 1} of this backbone")
+    require(not bad, field, f"layers {bad} are outside 0..{num_layers - 1} of this backbone")
     return frozenset(requested)
 
 
 class DropoutPromptModel(PromptSRCModel):
-    """PromptSRC model + the MAG module and the token-dropout settings; ``make_hooks()`` for a training step."""
+    """PromptSRC model + the MAG module and token dropout; ``forward_train`` perturbs tokens (training only).
 
-    def __init__(self, clip_model, classnames, node, templates, key_prefix="TRAINER.DPL"):
-        super().__init__(clip_model, classnames, node, key_prefix, templates=templates)
+    ``settings``: ``DropoutPromptSettings`` whose prompts are fitted to this CLIP.
+    """
+
+    def __init__(self, clip_model, classnames, settings, templates):
+        super().__init__(clip_model, classnames, settings.prompts, templates=templates)
         if not self.arch.is_vit:
             raise UserError("DropoutPrompt drops tokens inside a ViT: set MODEL.BACKBONE.NAME to e.g. ViT-B/16")
         learner = self.prompt_learner
         depth_text = 1 + (0 if learner.deep_text is None else learner.deep_text.shape[0])
         depth_vision = 0 if learner.vision is None else learner.vision.shape[0]
-        self.dropout = token_dropout_from(node)
-        self.drop_layers_text = resolve_layers(
-            node.DROP_LAYERS_TEXT, depth_text, self.arch.text_layers, f"{key_prefix}.DROP_LAYERS_TEXT")
-        self.drop_layers_vision = resolve_layers(
-            node.DROP_LAYERS_VISION, depth_vision, self.arch.vision_layers, f"{key_prefix}.DROP_LAYERS_VISION")
+        self.dropout = settings.dropout
+        self.drop_layers_text = resolve_layers(settings.drop_layers_text, depth_text, self.arch.text_layers,
+                                               "drop_layers_text")
+        self.drop_layers_vision = resolve_layers(settings.drop_layers_vision, depth_vision, self.arch.vision_layers,
+                                                 "drop_layers_vision")
         # The alignment loss pairs vision layer l with text layer l for l < min(prompted depths).
-        self.mag_layers = frozenset(range(min(depth_text, depth_vision))) if node.MAG_WEIGHT > 0 else frozenset()
-        if node.MAG_WEIGHT > 0 and not self.mag_layers:
-            raise UserError(f"{key_prefix}.MAG_WEIGHT > 0 pairs prompted vision and text layers, but "
-                            f"PROMPT_DEPTH_VISION/N_CTX_VISION leave none: set MAG_WEIGHT 0 or add vision prompts")
-        self.detach_mag = bool(node.MAG_DETACH)
+        self.mag_layers = frozenset(range(min(depth_text, depth_vision))) if settings.mag_weight > 0 else frozenset()
+        require(settings.mag_weight == 0 or self.mag_layers, "mag_weight",
+                "MAG pairs prompted vision and text layers, but PROMPT_DEPTH_VISION/N_CTX_VISION leave none: "
+                "set MAG_WEIGHT 0 or add vision prompts")
+        self.detach_mag = settings.mag_detach
         self.mag = None
         if self.mag_layers or self.dropout.needs_alignment:
-            self.mag = AlignmentGuidance(node.MAG_TOKENS, self.arch.vision_width, self.arch.text_width,
-                                         node.MAG_TEMPERATURE).to(clip_model.text_projection.device)
+            self.mag = AlignmentGuidance(settings.mag_tokens, self.arch.vision_width, self.arch.text_width,
+                                         settings.mag_temperature).to(clip_model.text_projection.device)
 
     def make_hooks(self):
         """(text hook, vision hook) for one training forward pass; (None, None) in eval mode."""
@@ -122,6 +174,15 @@ class DropoutPromptModel(PromptSRCModel):
 
         return hook(self.drop_layers_text), hook(self.drop_layers_vision)
 
+    def forward_train(self, images):
+        """PromptSRC's student/teacher outputs under token dropout, plus ``vision_mag_features`` and
+        ``text_mag_features``: the MAG features per MAG layer ([B, K, D] / [C, K, D]; empty in eval mode)."""
+        text_hook, vision_hook = self.make_hooks()
+        out = super().forward_train(images, text_hook=text_hook, vision_hook=vision_hook)
+        out["vision_mag_features"] = vision_hook.mag_features if vision_hook else []
+        out["text_mag_features"] = text_hook.mag_features if text_hook else []
+        return out
+
 
 @TRAINER_REGISTRY.register()
 class DropoutPrompt(SelfRegulatingTrainer):
@@ -129,68 +190,48 @@ class DropoutPrompt(SelfRegulatingTrainer):
 
     CFG_NODE = "DPL"
     MODEL_NAME = "VLPromptLearner"
+    SETTINGS = DropoutPromptSettings
 
     @classmethod
     def extend_cfg(cls, cfg):
         add_trainer_node(cfg, "DPL", DPL_DEFAULTS)
 
-    def check_cfg(self, cfg):
-        super().check_cfg(cfg)
-        node = self.node_of(cfg)
-        if node.TEACHER_TEMPLATES not in TEACHER_TEMPLATE_CHOICES:
-            raise UserError(f"TRAINER.DPL.TEACHER_TEMPLATES is {node.TEACHER_TEMPLATES!r}; "
-                            f"use one of {list(TEACHER_TEMPLATE_CHOICES)}")
-        try:
-            token_dropout_from(node)
-        except ValueError as exc:
-            raise UserError(str(exc)) from exc
-        for key in ("MAG_WEIGHT", "RES_WEIGHT", "TEXT_LOSS_WEIGHT", "IMAGE_LOSS_WEIGHT", "KL_WEIGHT", "RES_LAMBDA"):
-            if node[key] < 0:
-                raise UserError(f"TRAINER.DPL.{key} is {node[key]}; it must be >= 0")
-        if not 0 <= node.LABEL_SMOOTHING < 1:
-            raise UserError(f"TRAINER.DPL.LABEL_SMOOTHING is {node.LABEL_SMOOTHING}; use a value in [0, 1)")
-
     def build_clip_model(self, clip_model, classnames):
-        node = self.node
-        if node.TEACHER_TEMPLATES == "dataset":
+        settings = self.settings
+        if settings.teacher_templates == "dataset":
             templates = [dataset_template(self.cfg.DATASET.NAME)]
         else:
             templates = PROMPTSRC_TEMPLATES
-        return DropoutPromptModel(clip_model, classnames, node, templates, key_prefix=f"TRAINER.{self.CFG_NODE}")
-
-    def build_gpa(self):
-        return super().build_gpa() if self.node.GPA else None  # DroPLe has no GPA; PromptSRC's is optional here
+        prompts = settings.prompts.fitted_to(clip_architecture(clip_model), self.node_name)
+        return DropoutPromptModel(clip_model, classnames, dataclasses.replace(settings, prompts=prompts), templates)
 
     # --- the training step
     def residual_lambda(self):
         """lambda of the current (0-based) epoch; a function of the epoch only, so resume recomputes it."""
-        node = self.node
-        return residual_lambda(self.epoch, self.max_epoch, node.RES_LAMBDA, node.RES_LAMBDA_FIXED)
+        settings = self.settings
+        return residual_lambda(self.epoch, self.max_epoch, settings.res_lambda, settings.res_lambda_fixed)
 
     def compute_losses(self, images, labels):
-        node, model = self.node, self.model
-        text_hook, vision_hook = model.make_hooks()
-        out = model.forward_train(images, text_hook=text_hook, vision_hook=vision_hook)
+        settings, model = self.settings, self.model
+        out = model.forward_train(images)
         text, image, logits = out["text_features"], out["image_features"], out["logits"]
-        teacher_text, teacher_image = out["teacher_text_features"], out["teacher_image_features"]
-        lam = self.residual_lambda()
-        entropy_v, entropy_t = residual_entropies(image, teacher_image, text, teacher_text, model.logit_scale, lam)
-        losses = {
-            "loss_ce": F.cross_entropy(logits.float(), labels, label_smoothing=node.LABEL_SMOOTHING),
-            "loss_text": node.TEXT_LOSS_WEIGHT * l1_consistency(text, teacher_text),
-            "loss_img": node.IMAGE_LOSS_WEIGHT * l1_consistency(image, teacher_image),
-            "loss_kl": node.KL_WEIGHT * kl_to_teacher(logits, out["teacher_logits"]),
-            "loss_re": residual_entropy_loss(entropy_v, entropy_t, node.RES_WEIGHT),
-        }
+        entropy_v, entropy_t = residual_entropies(image, out["teacher_image_features"], text,
+                                                  out["teacher_text_features"], model.logit_scale,
+                                                  self.residual_lambda())
+        consistency = promptsrc_consistency_losses(
+            text, image, logits, out["teacher_text_features"], out["teacher_image_features"], out["teacher_logits"],
+            settings.text_loss_weight, settings.image_loss_weight, settings.kl_weight)
+        losses = {"loss_ce": F.cross_entropy(logits.float(), labels, label_smoothing=settings.label_smoothing)}
+        losses.update({CONSISTENCY_LOG_NAMES[name]: value for name, value in consistency.items()})
+        losses["loss_re"] = residual_entropy_loss(entropy_v, entropy_t, settings.res_weight)
         if model.mag_layers:
-            losses["loss_mag"] = node.MAG_WEIGHT * mag_alignment_loss(
-                vision_hook.mag_features, text_hook.mag_features, labels)
+            losses["loss_mag"] = settings.mag_weight * mag_alignment_loss(
+                out["vision_mag_features"], out["text_mag_features"], labels)
         else:  # MAG_WEIGHT 0: still logged, so every run has the same columns
             losses["loss_mag"] = logits.new_zeros(())
-        self._last_lambda = lam
         return logits, losses
 
     def forward_backward(self, batch):
         summary = super().forward_backward(batch)
-        summary["lambda"] = self._last_lambda
+        summary["lambda"] = self.residual_lambda()
         return summary

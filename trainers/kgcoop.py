@@ -13,7 +13,9 @@ import torch.nn.functional as F
 
 from dpl.clip import dataset_template
 from dpl.engine import TRAINER_REGISTRY
-from dpl.prompting import COOP_DEFAULTS, ClipPromptTrainer, CoOpModel, add_trainer_node
+from dataclasses import dataclass
+
+from dpl.prompting import COOP_DEFAULTS, ClipPromptTrainer, ContextSettings, CoOpModel, add_trainer_node, require
 
 KGCOOP_DEFAULTS = dict(COOP_DEFAULTS, W=8.0)
 COSINE_EPS = 1e-07
@@ -25,11 +27,26 @@ def knowledge_guidance_loss(text_features, frozen_text_features):
     return 1.0 - cosine.mean()
 
 
+@dataclass(frozen=True)
+class KgCoOpSettings:
+    """``TRAINER.KGCOOP``: CoOp's context settings and the weight ``W`` of the knowledge-guidance loss."""
+
+    context: ContextSettings
+    w: float = 8.0
+
+    def __post_init__(self):
+        require(self.w >= 0, "w", "the loss weight must be >= 0")
+
+    @classmethod
+    def from_node(cls, node):
+        return cls(context=ContextSettings.from_node(node), w=node.W)
+
+
 class KgCoOpModel(CoOpModel):
     """CoOp's model plus ``frozen_text_features`` [C, D] (normalised, hand-crafted template, not checkpointed)."""
 
-    def __init__(self, clip_model, classnames, node, template):
-        super().__init__(clip_model, classnames, node)
+    def __init__(self, clip_model, classnames, settings, template):
+        super().__init__(clip_model, classnames, settings)
         frozen = self.frozen_class_text_features(classnames, [template])
         self.register_buffer("frozen_text_features", frozen, persistent=False)
 
@@ -40,6 +57,7 @@ class KgCoOp(ClipPromptTrainer):
 
     CFG_NODE = "KGCOOP"
     MODEL_NAME = "prompt_learner"
+    SETTINGS = KgCoOpSettings
 
     @classmethod
     def extend_cfg(cls, cfg):
@@ -48,7 +66,7 @@ class KgCoOp(ClipPromptTrainer):
     def build_clip_model(self, clip_model, classnames):
         template = dataset_template(self.cfg.DATASET.NAME)
         print(f'KgCoOp teacher template: "{template}"')
-        return KgCoOpModel(clip_model, classnames, self.node, template)
+        return KgCoOpModel(clip_model, classnames, self.settings.context, template)
 
     def compute_losses(self, images, labels):
         text_features = self.model.encode_text()
@@ -56,5 +74,5 @@ class KgCoOp(ClipPromptTrainer):
         loss_kg = knowledge_guidance_loss(text_features, self.model.frozen_text_features)
         return logits, {
             "loss_ce": F.cross_entropy(logits.float(), labels),
-            "loss_kg": float(self.node.W) * loss_kg,
+            "loss_kg": float(self.settings.w) * loss_kg,
         }

@@ -19,7 +19,7 @@ class AlignmentGuidance(nn.Module):
     def __init__(self, num_tokens, vision_width, text_width, temperature=1.0):
         super().__init__()
         if num_tokens < 1:
-            raise ValueError(f"TRAINER.DPL.MAG_TOKENS={num_tokens}: need at least one bridge token")
+            raise ValueError(f"AlignmentGuidance needs at least one bridge token, got num_tokens={num_tokens}")
         self.temperature = float(temperature)
         self.tokens = nn.Parameter(torch.empty(num_tokens, text_width))
         nn.init.kaiming_uniform_(self.tokens)

@@ -11,7 +11,7 @@ def residual_lambda(epoch, max_epoch, lam0=0.1, fixed=False):
     if fixed:
         return float(lam0)
     if max_epoch <= 0:
-        raise ValueError(f"OPTIM.MAX_EPOCH={max_epoch}: the lambda schedule needs a positive number of epochs")
+        raise ValueError(f"the lambda schedule needs a positive number of epochs, got max_epoch={max_epoch}")
     return float(lam0) * (1.0 - (1.0 + 10.0 * epoch / max_epoch) ** -0.75)
 
 

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-# Importance sources (TRAINER.DPL.IMPORTANCE): the terms each one averages. "uniform" uses no importance
+from dpl.utils.errors import require
+
+# Importance sources: the terms each one averages. "uniform" uses no importance
 # at all (every eligible token is dropped with the fixed rate UNIFORM_P: vanilla token dropout).
 IMPORTANCE_TERMS = {
     "full": ("self", "cls", "mag"),
@@ -181,7 +183,10 @@ def perturb_tokens(x, dropped, probability, mode, sigma):
 
 @dataclass(frozen=True)
 class TokenDropout:
-    """Importance-weighted token dropout of one hidden-state tensor (settings from TRAINER.DPL)."""
+    """Importance-weighted token dropout of one hidden-state tensor.
+
+    A bad setting raises ``SettingError`` naming the field (a config reader maps it to its key).
+    """
 
     importance: str = "full"
     perturbation: str = "gaussian"
@@ -191,22 +196,15 @@ class TokenDropout:
     uniform_p: float = 0.3
 
     def __post_init__(self):
-        if self.importance not in IMPORTANCE_TERMS:
-            raise ValueError(
-                f"TRAINER.DPL.IMPORTANCE={self.importance!r} is not one of {sorted(IMPORTANCE_TERMS)}"
-            )
-        if self.perturbation not in PERTURBATIONS:
-            raise ValueError(f"TRAINER.DPL.PERTURBATION={self.perturbation!r} is not one of {PERTURBATIONS}")
-        if not 0.0 <= self.p_min <= self.p_max <= 1.0:
-            raise ValueError(
-                f"TRAINER.DPL.P_MIN={self.p_min} / P_MAX={self.p_max}: need 0 <= P_MIN <= P_MAX <= 1"
-            )
-        if not 0.0 <= self.uniform_p <= 1.0:
-            raise ValueError(f"TRAINER.DPL.UNIFORM_P={self.uniform_p}: need a rate in [0, 1]")
-        if self.perturbation == "zero" and max(self.p_max, self.uniform_p) >= 1.0:
-            raise ValueError("PERTURBATION 'zero' rescales kept tokens by 1/(1-p): P_MAX and UNIFORM_P must be < 1")
-        if self.sigma < 0:
-            raise ValueError(f"TRAINER.DPL.SIGMA={self.sigma}: need sigma >= 0")
+        require(self.importance in IMPORTANCE_TERMS, "importance", f"use one of {sorted(IMPORTANCE_TERMS)}")
+        require(self.perturbation in PERTURBATIONS, "perturbation", f"use one of {list(PERTURBATIONS)}")
+        require(0.0 <= self.p_min <= self.p_max <= 1.0, "p_min",
+                f"need 0 <= p_min <= p_max <= 1 (p_min {self.p_min}, p_max {self.p_max})")
+        require(0.0 <= self.uniform_p <= 1.0, "uniform_p", "need a rate in [0, 1]")
+        if self.perturbation == "zero":
+            require(self.p_max < 1.0, "p_max", "'zero' rescales kept tokens by 1/(1-p): p_max must be < 1")
+            require(self.uniform_p < 1.0, "uniform_p", "'zero' rescales kept tokens by 1/(1-p): it must be < 1")
+        require(self.sigma >= 0, "sigma", "need sigma >= 0")
 
     @property
     def terms(self):

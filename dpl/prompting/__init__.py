@@ -5,6 +5,7 @@
   once) and ``ClipPromptModel`` (a frozen CLIP with the prompted encoders of ``dpl.clip``).
 - ``coop``: CoOp's learnable text context (CoOp, KgCoOp).
 - ``ivlp``: independent vision-language deep prompts (IVLP, PromptSRC, DropoutPrompt).
+- ``settings``: typed settings of a config node, validated once (``setting_errors`` names the key).
 - ``promptsrc``: PromptSRC's self-regulating losses, Gaussian prompt aggregation, its model with frozen
   teachers and ``SelfRegulatingTrainer`` (PromptSRC, DropoutPrompt).
 
@@ -13,14 +14,16 @@ components of Dropout Prompt Learning are ``dpl.drople``.
 """
 from .base import (PRECISIONS, ClassPromptBuffers, ClipPromptModel, ClipPromptTrainer, add_trainer_node, amp_dtype,
                    clamp_depth, effective_precision)
-from .coop import COOP_DEFAULTS, CoOpModel, CoOpPromptLearner
-from .ivlp import IVLPModel, IVLPPromptLearner
-from .promptsrc import (GPA_LOG_LINE, GaussianPromptAggregator, PromptSRCModel, SelfRegulatingTrainer,
+from .coop import COOP_DEFAULTS, ContextSettings, CoOpModel, CoOpPromptLearner
+from .ivlp import DeepPromptSettings, IVLPModel, IVLPPromptLearner
+from .promptsrc import (GPA_LOG_LINE, GaussianPromptAggregator, GPASettings, PromptSRCModel, SelfRegulatingTrainer,
                         gaussian_epoch_weights, kl_to_teacher, l1_consistency, promptsrc_consistency_losses)
+from .settings import require, setting_errors
 
 __all__ = [
     "PRECISIONS", "ClassPromptBuffers", "ClipPromptModel", "ClipPromptTrainer", "add_trainer_node", "amp_dtype",
-    "clamp_depth", "effective_precision", "COOP_DEFAULTS", "CoOpModel", "CoOpPromptLearner", "IVLPModel",
-    "IVLPPromptLearner", "GPA_LOG_LINE", "GaussianPromptAggregator", "PromptSRCModel", "SelfRegulatingTrainer",
-    "gaussian_epoch_weights", "kl_to_teacher", "l1_consistency", "promptsrc_consistency_losses",
+    "clamp_depth", "effective_precision", "COOP_DEFAULTS", "ContextSettings", "CoOpModel", "CoOpPromptLearner",
+    "DeepPromptSettings", "IVLPModel", "IVLPPromptLearner", "GPA_LOG_LINE", "GaussianPromptAggregator",
+    "GPASettings", "PromptSRCModel", "SelfRegulatingTrainer", "gaussian_epoch_weights", "kl_to_teacher",
+    "l1_consistency", "promptsrc_consistency_losses", "require", "setting_errors",
 ]

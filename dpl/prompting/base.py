@@ -35,6 +35,8 @@ from dpl.engine.errors import CheckpointMismatchError, UserError
 from dpl.metrics import compute_accuracy
 from dpl.utils import count_num_param, load_pretrained_weights
 
+from .settings import setting_errors
+
 PRECISIONS = ("fp16", "fp32", "amp")
 FROZEN_TEXT_CHUNK = 1024  # prompts per call when encoding hand-crafted prompts
 
@@ -222,13 +224,15 @@ class ClipPromptModel(nn.Module):
 class ClipPromptTrainer(TrainerX):
     """Shared CLIP prompt-trainer machinery (not registered itself).
 
-    Subclasses set ``CFG_NODE`` (their ``cfg.TRAINER`` node, which holds ``PREC``) and
-    ``MODEL_NAME`` (the checkpoint sub-directory), define ``extend_cfg`` and implement
-    ``build_clip_model``; ``compute_losses`` defaults to cross-entropy.
+    Subclasses set ``CFG_NODE`` (their ``cfg.TRAINER`` node, which holds ``PREC``), ``MODEL_NAME``
+    (the checkpoint sub-directory) and ``SETTINGS`` (the typed settings class of their node, see
+    ``dpl.prompting.settings``), define ``extend_cfg`` and implement ``build_clip_model``;
+    ``compute_losses`` defaults to cross-entropy.
     """
 
     CFG_NODE = None
     MODEL_NAME = "prompt_learner"
+    SETTINGS = None  # a class with ``from_node(node)``; None: the trainer reads no setting but PREC
 
     @classmethod
     def config_nodes(cls):
@@ -243,10 +247,25 @@ class ClipPromptTrainer(TrainerX):
     def node(self):
         return self.node_of(self.cfg)
 
+    @property
+    def node_name(self):
+        return f"TRAINER.{self.CFG_NODE}"
+
     def check_cfg(self, cfg):
+        """Validate the node once, before anything is built: ``PREC``, then ``self.settings`` (typed)."""
         prec = self.node_of(cfg).PREC
         if prec not in PRECISIONS:
             raise UserError(f"TRAINER.{self.CFG_NODE}.PREC is {prec!r}; use one of {list(PRECISIONS)}")
+        self.settings = self.read_settings(cfg)
+
+    @classmethod
+    def read_settings(cls, cfg):
+        """The node as ``SETTINGS`` (None without one); a bad value is one ``UserError`` naming its key."""
+        if cls.SETTINGS is None:
+            return None
+        node = cls.node_of(cfg)
+        with setting_errors(f"TRAINER.{cls.CFG_NODE}", node):
+            return cls.SETTINGS.from_node(node)
 
     # --- building
     def build_model(self):
@@ -260,7 +279,8 @@ class ClipPromptTrainer(TrainerX):
         print(f"CLIP weights: {self.weights_info.describe()}")
         self.check_input_size(clip_model)
         print(f"Building {type(self).__name__} model")
-        self.model = self.build_clip_model(clip_model, classnames)
+        with setting_errors(self.node_name, self.node):  # settings checked against this backbone
+            self.model = self.build_clip_model(clip_model, classnames)
         self.configure_text_encoding(cfg.MODEL)
         if self.precision == "fp16":
             self.model.half_frozen_weights()
@@ -304,7 +324,10 @@ class ClipPromptTrainer(TrainerX):
             )
 
     def build_clip_model(self, clip_model, classnames):
-        """The method's ``ClipPromptModel`` for ``classnames`` (CLIP is float32, on ``self.device``)."""
+        """The method's ``ClipPromptModel`` for ``classnames`` (CLIP is float32, on ``self.device``).
+
+        A ``SettingError`` raised here (a setting this backbone cannot take) names the node's key.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement build_clip_model()")
 
     # --- checkpoints: learnable tensors only
@@ -347,8 +370,6 @@ class ClipPromptTrainer(TrainerX):
         if len(components) > 1:
             summary.update({name: value.item() for name, value in components.items()})
         summary["acc"] = compute_accuracy(logits, labels)[0].item()
-        if (self.batch_idx + 1) == self.num_batches:
-            self.update_lr()
         return summary
 
     def backward_and_update(self, loss, components):

@@ -13,6 +13,7 @@ state, and loads it into the prompts after the last epoch.
 in the checkpoints and at resume.
 """
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ from dpl.engine.errors import UserError
 
 from .base import ClipPromptTrainer
 from .ivlp import IVLPModel
+from .settings import require
 
 GPA_LOG_LINE = "Using GPA model for final inference..."
 
@@ -53,14 +55,29 @@ def promptsrc_consistency_losses(text_features, image_features, logits, teacher_
 
 
 # ----- Gaussian prompt aggregation ------------------------------------------------------------------
+@dataclass(frozen=True)
+class GPASettings:
+    """Gaussian prompt aggregation: keys ``GPA_MEAN`` and ``GPA_STD`` (epochs, 1-based)."""
+
+    gpa_mean: float = 15.0
+    gpa_std: float = 1.0
+
+    def __post_init__(self):
+        require(self.gpa_std > 0, "gpa_std", "need a positive standard deviation (in epochs)")
+
+    @classmethod
+    def from_node(cls, node):
+        return cls(gpa_mean=node.GPA_MEAN, gpa_std=node.GPA_STD)
+
+
 def gaussian_epoch_weights(num_epochs, mean, std):
     """``[num_epochs]`` float64: pdf of ``N(mean, std^2)`` at epochs ``1..num_epochs``, normalised to sum 1."""
     if num_epochs < 1 or std <= 0:
-        raise UserError(f"GPA needs OPTIM.MAX_EPOCH >= 1 and GPA_STD > 0 (got {num_epochs} and {std})")
+        raise ValueError(f"GPA needs at least one epoch and a positive std (got {num_epochs} and {std})")
     epochs = torch.arange(1, num_epochs + 1, dtype=torch.float64)
     pdf = torch.exp(-0.5 * ((epochs - mean) / std) ** 2) / (std * math.sqrt(2 * math.pi))
     if pdf.sum() <= 0:  # every epoch is many std away from the mean: the pdf underflows
-        raise UserError(f"GPA weights vanish for GPA_MEAN {mean}, GPA_STD {std} over {num_epochs} epochs")
+        raise ValueError(f"the GPA weights vanish: every one of the {num_epochs} epochs is too many stds from the mean")
     return pdf / pdf.sum()
 
 
@@ -117,8 +134,8 @@ class GaussianPromptAggregator:
 class PromptSRCModel(IVLPModel):
     """IVLP model + ``teacher_text_features`` [C, D] (normalised 60-template mean, not checkpointed)."""
 
-    def __init__(self, clip_model, classnames, node, key_prefix="TRAINER.PROMPTSRC", templates=PROMPTSRC_TEMPLATES):
-        super().__init__(clip_model, classnames, node, key_prefix)
+    def __init__(self, clip_model, classnames, settings, templates=PROMPTSRC_TEMPLATES):
+        super().__init__(clip_model, classnames, settings)
         teacher = self.frozen_class_text_features(classnames, templates, normalize_each=False)
         self.register_buffer("teacher_text_features", teacher, persistent=False)
 
@@ -145,7 +162,7 @@ class PromptSRCModel(IVLPModel):
 class SelfRegulatingTrainer(ClipPromptTrainer):
     """A ``ClipPromptTrainer`` with PromptSRC's optional Gaussian prompt aggregation (not registered itself).
 
-    The node of a subclass holds ``GPA_MEAN`` and ``GPA_STD``; ``build_gpa`` returns None to run without GPA.
+    Its settings hold ``gpa``: ``GPASettings``, or None to run without GPA.
     """
 
     def build_model(self):
@@ -153,8 +170,17 @@ class SelfRegulatingTrainer(ClipPromptTrainer):
         self.gpa = self.build_gpa()
 
     def build_gpa(self):
-        """The prompt aggregator, or None for a subclass that makes GPA optional."""
-        return GaussianPromptAggregator(self.max_epoch, self.node.GPA_MEAN, self.node.GPA_STD)
+        """The prompt aggregator of ``settings.gpa`` (None without GPA)."""
+        gpa = self.settings.gpa
+        if gpa is None:
+            return None
+        if self.max_epoch < 1:
+            raise UserError(f"OPTIM.MAX_EPOCH is {self.max_epoch}: prompt aggregation (GPA) needs at least one epoch")
+        try:
+            return GaussianPromptAggregator(self.max_epoch, gpa.gpa_mean, gpa.gpa_std)
+        except ValueError as exc:
+            raise UserError(f"{self.node_name}.GPA_MEAN {gpa.gpa_mean} / GPA_STD {gpa.gpa_std} over "
+                            f"OPTIM.MAX_EPOCH {self.max_epoch}: {exc}") from None
 
     def gpa_tensors(self):
         """The tensors GPA aggregates: the learnable prompt parameters, named as in the checkpoint."""

@@ -15,6 +15,25 @@ class InvalidInputError(UserError, ValueError):
     """A config value or an input file the code cannot use (a ``ValueError`` for callers that catch those)."""
 
 
+class SettingError(ValueError):
+    """A bad value of a library setting, named by its parameter (``field``), in plain words (``reason``).
+
+    Library code knows no config keys; the entry point that read the value from a config turns this
+    into a ``UserError`` naming its own key (``dpl.prompting.settings.setting_errors``).
+    """
+
+    def __init__(self, field, reason):
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+def require(condition, field, reason):
+    """``SettingError(field, reason)`` unless ``condition``: the one-line validation of a setting."""
+    if not condition:
+        raise SettingError(field, reason)
+
+
 class UnreadableFileError(UserError, OSError):
     """An input file exists but cannot be read or decoded (an ``OSError`` for callers that catch those)."""
 
