@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test golden demo venv clean-venv
+.PHONY: test test-fast golden demo venv clean-venv
 
 venv: $(STAMP)
 
@@ -16,6 +16,10 @@ $(STAMP): setup.py requirements.txt
 # The test models are tiny: one intra-op thread per process beats oversubscribing CI's 2 cores.
 test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest -q tests
+
+# The edit loop: every module's unit tests, without the end-to-end runs and scripts marked slow.
+test-fast: $(STAMP)
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -m "not slow" tests
 
 # After an intended change to a method's numbers: rewrite tests/golden/*.json (commit them with the change).
 golden: $(STAMP)

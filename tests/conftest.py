@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny randomly initialised CLIP and its weights file.
 
-Dataset fixtures in the exact upstream layouts live in ``tests/datagen.py``.
+Helpers that test files share live in ``tests/helpers.py``; dataset fixtures in the exact upstream
+layouts in ``tests/datagen.py``.
 """
 import sys
 import warnings
@@ -20,28 +21,9 @@ warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
 # between pytest and the train.py subprocesses some tests start, one thread is several times faster.
 torch.set_num_threads(1)
 
-# A CLIP small enough for CPU tests. Head counts equal width // 64 because clip.model.build_model
-# re-infers them that way when a state dict is loaded back.
-TINY_CLIP = dict(
-    embed_dim=64,
-    image_resolution=32,
-    vision_layers=3,
-    vision_width=128,
-    vision_patch_size=8,
-    context_length=77,
-    vocab_size=49408,
-    transformer_width=128,
-    transformer_heads=2,
-    transformer_layers=3,
-)
-
-
-def make_tiny_clip(seed=0):
-    from clip.model import CLIP
-
-    torch.manual_seed(seed)
-    model = CLIP(**TINY_CLIP).float().eval()
-    return model
+# helpers.py holds the shared checks of the trainer tests: let pytest explain their failed asserts too.
+pytest.register_assert_rewrite("helpers")
+from helpers import make_tiny_clip  # noqa: E402  (after the assert-rewrite registration)
 
 
 @pytest.fixture(scope="session")

@@ -58,6 +58,7 @@ def accuracy(run):
     return json.loads((run / "results.json").read_text())["accuracy"]
 
 
+@pytest.mark.slow
 def test_readme_ablations_after_the_default_run_train_and_become_rows(env):
     script("base2new_train.sh", "dtd", 1, env=env)
     script("base2new_test.sh", "dtd", 1, env=env)
@@ -80,6 +81,7 @@ def test_readme_ablations_after_the_default_run_train_and_become_rows(env):
         assert proc.stdout.startswith(f"Skip: the evaluation in {run_dir(env, 'test_new', variant)} is finished")
 
 
+@pytest.mark.slow
 def test_a_different_override_on_a_finished_folder_never_reuses_it(env):
     tagged = {**env, "TAG": "mine"}
     script("base2new_train.sh", "dtd", 1, "TRAINER.DPL.IMPORTANCE", "no_cls", env=tagged)
@@ -93,6 +95,7 @@ def test_a_different_override_on_a_finished_folder_never_reuses_it(env):
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # nothing lost, nothing touched
 
 
+@pytest.mark.slow
 def test_run_protocol_runs_an_ablation_in_its_own_rows_and_then_skips_it(env):
     command = [sys.executable, str(SCRIPTS / "run_protocol.py"), "base2new", "--methods", "dpl", "--datasets", "dtd",
                "--seeds", "1", "--table", "--format", "csv", "--", "TRAINER.DPL.IMPORTANCE", "no_self"]

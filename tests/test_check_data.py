@@ -2,6 +2,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from datagen import make_dataset
 from dpl.project import PROJECT_ROOT
 from dpl.tools.check_data import main
@@ -38,6 +40,7 @@ def test_test_only_dataset_without_published_split(tmp_path, capsys):
     assert "test" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a fresh interpreter that imports torch
 def test_command_line_entry_point(tmp_path):
     make_dataset(tmp_path, "dtd", n_classes=3, per_class=5)
     (tmp_path / "dtd" / "split_zhou_DescribableTextures.json").unlink()
@@ -56,8 +59,6 @@ def test_default_checks_the_15_benchmark_datasets(tmp_path, capsys):
 
 
 def test_unknown_dataset_is_a_usage_error(tmp_path, capsys):
-    import pytest
-
     with pytest.raises(SystemExit) as exit_info:
         main(["--root", str(tmp_path), "dtdd"])
     assert exit_info.value.code == 2 and "unknown dataset 'dtdd'" in capsys.readouterr().err

@@ -8,9 +8,9 @@ from dpl.engine import TRAINER_REGISTRY, TrainerX, extend_cfg_for_all_trainers
 
 
 import train  # the repo root is on sys.path: tests/conftest.py
+from helpers import registered
 
 
-@TRAINER_REGISTRY.register()
 class ConfigTestTrainer(TrainerX):
     """Registered only so extend_cfg_for_all_trainers has a node to add in these tests."""
 
@@ -25,7 +25,11 @@ class ConfigTestChild(ConfigTestTrainer):
     """Inherits extend_cfg: it must be called once, not once per subclass."""
 
 
-TRAINER_REGISTRY.register(ConfigTestChild)
+@pytest.fixture(scope="module", autouse=True)
+def config_test_trainers():
+    """The two trainers above are registered while this file's tests run, and only then."""
+    with registered(TRAINER_REGISTRY, ConfigTestTrainer, ConfigTestChild):
+        yield
 
 
 def write_yaml(path, text):

@@ -10,14 +10,12 @@ from dpl.engine.build import check_trainer_nodes
 from dpl.project import PROJECT_ROOT
 
 import train  # the repo root is on sys.path: tests/conftest.py
-from test_trainer_base import run_train
-from helpers import run_cli
+from helpers import registered, run_cli, run_train
 
 COOP_CTXV1 = str(PROJECT_ROOT / "configs/trainers/CoOp/vit_b16_ep50_ctxv1.yaml")
 PROMPTSRC_UPSTREAM = str(PROJECT_ROOT / "configs/trainers/PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml")
 
 
-@TRAINER_REGISTRY.register()
 class HygieneDasslTrainer(TrainerX):
     """A Dassl-style trainer: it declares no config nodes, so foreign settings are not checked for it."""
 
@@ -25,6 +23,13 @@ class HygieneDasslTrainer(TrainerX):
     def extend_cfg(cls, cfg):
         cfg.TRAINER.HYGIENE = YacsCfgNode()  # yacs' own node class inside dpl's tree, as Dassl code does
         cfg.TRAINER.HYGIENE.WEIGHT = 0.5
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hygiene_dassl_trainer():
+    """HygieneDasslTrainer is registered while this file's tests run, and only then."""
+    with registered(TRAINER_REGISTRY, HygieneDasslTrainer):
+        yield
 
 
 def setup(argv):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from datagen import make_dataset
@@ -16,6 +17,9 @@ from dpl.utils import close_logger
 import train  # the repo root is on sys.path: tests/conftest.py
 
 MAX_EPOCH = 3
+
+# A reference run in-process, then a train.py process killed and restarted: seconds, not milliseconds.
+pytestmark = pytest.mark.slow
 
 
 def argv(data_root, weights, output_dir):
@@ -58,7 +62,20 @@ def kill_when_logged(proc, log_path, marker, timeout=300):
     raise AssertionError(f"train.py ended or timed out before logging {marker!r}: {proc.stderr.read().decode()[-2000:]}")
 
 
-def test_sigkilled_run_resumes_to_the_same_result(tmp_path, tiny_clip_path):
+@pytest.fixture
+def determinism_restored(monkeypatch):
+    """``TRAIN.DETERMINISTIC`` switches process-wide settings on (torch's deterministic algorithms, cuDNN's
+    flags, ``CUBLAS_WORKSPACE_CONFIG``) in the in-process run: the tests after this one must not inherit them."""
+    cudnn = torch.backends.cudnn
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             cudnn.benchmark, cudnn.deterministic)
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)  # put back (or removed) after the test
+    yield
+    torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+    cudnn.benchmark, cudnn.deterministic = saved[2], saved[3]
+
+
+def test_sigkilled_run_resumes_to_the_same_result(tmp_path, tiny_clip_path, determinism_restored):
     data_root = tmp_path / "data"
     make_dataset(data_root, "dtd", n_classes=3, per_class=6)
 
@@ -67,7 +84,7 @@ def test_sigkilled_run_resumes_to_the_same_result(tmp_path, tiny_clip_path):
         assert train.cli(argv(data_root, tiny_clip_path, reference)) == 0
     finally:
         close_logger()
-        torch.use_deterministic_algorithms(False)  # TRAIN.DETERMINISTIC is process-wide; keep other tests unaffected
+    assert torch.are_deterministic_algorithms_enabled()  # what determinism_restored must undo
 
     killed = tmp_path / "killed"
     proc = start(data_root, tiny_clip_path, killed)

@@ -23,6 +23,8 @@ FAULTS = Path(__file__).resolve().parent / "fault_injection"
 EPOCHS = 3  # of 4 batches each
 RUN = "base2new/train_base/dtd/shots_16/CoOp/vit_b16_ctxv1/seed1"
 
+pytestmark = pytest.mark.slow  # every test runs the scripts (train.py processes with loader workers)
+
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_clip_path):

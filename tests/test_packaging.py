@@ -3,9 +3,12 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from dpl.project import PROJECT_ROOT
 
 
+@pytest.mark.slow  # a fresh interpreter that imports torch
 def test_stand_in_datasets_package_is_untouched(tmp_path):
     fake = tmp_path / "datasets"
     fake.mkdir()

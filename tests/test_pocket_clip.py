@@ -41,6 +41,7 @@ def test_prefix_text_encoding_of_pretraining_equals_encode_text(pocket_clip):
         assert torch.allclose(pretrain.encode_captions(pocket_clip, tokens), pocket_clip.encode_text(tokens), atol=1e-5)
 
 
+@pytest.mark.slow  # a pocket evaluation of 288 generated scenes
 def test_zero_shot_accuracy_on_base_and_new_is_above_the_floor(pocket_clip):
     accuracy = pretrain.zero_shot_accuracy(pocket_clip, per_class=8, seed=777)
     assert accuracy["base"] > ZERO_SHOT_FLOOR, accuracy

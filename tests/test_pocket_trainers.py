@@ -17,6 +17,8 @@ import dpl.tools.train as TRAIN
 
 SHOTS = 16
 
+pytestmark = pytest.mark.slow  # five trainings of 108 steps on pocket
+
 
 def short_run(lr):
     """6 epochs of batch 16 (108 steps) at ``lr``: the CoOp family at 10x its config LR, the deep-prompt

@@ -2,6 +2,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from dpl.project import PROJECT_ROOT
 
 COOP_FLAGS = [
@@ -14,6 +16,7 @@ COOP_FLAGS = [
 import train  # the repo root is on sys.path: tests/conftest.py
 
 
+@pytest.mark.slow  # a fresh interpreter that imports torch
 def test_help_lists_coop_flags_and_help_texts(tmp_path):
     result = subprocess.run(
         [sys.executable, str(PROJECT_ROOT / "train.py"), "--help"],

@@ -3,12 +3,12 @@ import pytest
 import torch
 from yacs.config import CfgNode as CN
 
-from conftest import make_tiny_clip
 from dpl.clip import tokenize
-from test_trainer_base import (
+from helpers import (
     check_base_to_new_evaluation,
     check_one_epoch_lowers_training_loss,
     check_only_learnable_tensors_get_gradients_and_are_saved,
+    make_tiny_clip,
 )
 
 CLASSNAMES = ["banded", "bumpy_thing"]

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from dpl.clip import tokenize
-from test_trainer_base import (
+from helpers import (
     build_trainer_in_process,
     check_base_to_new_evaluation,
     check_one_epoch_lowers_training_loss,

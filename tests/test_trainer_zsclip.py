@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from dpl.clip import IMAGENET_TEMPLATES_SELECT, tokenize
-from test_trainer_base import build_trainer_in_process, run_train
+from helpers import build_trainer_in_process, run_train
 
 CONFIG = "ZeroshotCLIP/vit_b16.yaml"
 
