@@ -9,6 +9,7 @@ import json
 import multiprocessing
 import os
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -132,21 +133,19 @@ def test_missing_image_is_named_with_the_checker_command(tmp_path, tiny_clip_pat
 
 
 @pytest.fixture
-def kill_leftover_workers():
-    """Kill the DataLoader worker a run that failed in it leaves behind.
-
-    The failed run's loader iterator outlives ``cli()`` in a reference cycle, and its shutdown (when the
-    cycle is collected) does not stop the worker, which ignores SIGTERM: multiprocessing's exit handler
-    then waits for it forever, so a session that ends with it alive never exits.
-    """
+def no_leftover_workers():
+    """Fail (instead of hanging) when a failed run leaves DataLoader workers behind: they ignore SIGTERM,
+    so multiprocessing's exit handler would wait for them forever and the process would never exit."""
     yield
-    for worker in multiprocessing.active_children():
+    leftover = multiprocessing.active_children()
+    for worker in leftover:
         worker.kill()
         worker.join()
+    assert not leftover, f"the failed run left {len(leftover)} DataLoader worker(s) running"
 
 
 @pytest.mark.parametrize("workers", [0, 1])  # 1: the error is re-raised from a DataLoader worker
-def test_unreadable_image_is_named(tmp_path, tiny_clip_path, capsys, workers, kill_leftover_workers):
+def test_unreadable_image_is_named(tmp_path, tiny_clip_path, capsys, workers, no_leftover_workers):
     root = copy_dtd(tmp_path)
     for victim in (root / "dtd/images").glob("*/*.jpg"):
         victim.write_bytes(b"not a jpeg")  # every image: whichever is read first fails
@@ -155,6 +154,18 @@ def test_unreadable_image_is_named(tmp_path, tiny_clip_path, capsys, workers, ki
     assert code == TRAIN.EXIT_RUN_ERROR
     assert_one_line(err, f"Error: Cannot read image {root}/dtd/images/", ".jpg: cannot identify image file",
                     "replace it from the original dataset archive")
+
+
+@pytest.mark.slow
+def test_train_py_exits_after_an_error_raised_in_a_loader_worker(tmp_path, tiny_clip_path):
+    root = copy_dtd(tmp_path)
+    for victim in (root / "dtd/images").glob("*/*.jpg"):
+        victim.write_bytes(b"not a jpeg")
+    argv = argv_for(root, tmp_path / "out", tiny_clip_path, "DATALOADER.NUM_WORKERS", "1")
+    result = subprocess.run([sys.executable, str(PROJECT_ROOT / "train.py"), *map(str, argv)], capture_output=True,
+                            text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert result.returncode == TRAIN.EXIT_RUN_ERROR, result.stderr[-2000:]
+    assert "Error: Cannot read image" in result.stderr.strip().splitlines()[-1]
 
 
 # ----- config keys, types and values ---------------------------------------------------------------

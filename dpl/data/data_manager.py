@@ -40,7 +40,7 @@ def seed_worker(worker_id):
 
     Workers also ignore SIGINT and SIGTERM: a Ctrl-C or a scheduler's SIGTERM reaches the whole
     process group, and the main process, which stops at the next step boundary, still needs them
-    for that step; it shuts them down itself when it stops.
+    for that step; it shuts them down itself when it stops (``dpl.utils.torchtools.loader_batches``).
     """
     worker_seed = torch.initial_seed() % 2**32
     random.seed(worker_seed)

@@ -45,6 +45,7 @@ from dpl.utils.torchtools import (
     get_rng_state,
     latest_checkpoint_path,
     load_checkpoint,
+    loader_batches,
     save_checkpoint,
     set_rng_state,
     tolist_if_not,
@@ -614,10 +615,11 @@ class SimpleTrainer(TrainerBase):
             data_loader = self.test_loader
         print(f"Evaluate on the *{split}* set")
         start = time.time()
-        for batch in data_loader:
-            input, label = self.parse_batch_test(batch)
-            output = self.model_inference(input)
-            self.evaluator.process(output, label)
+        with loader_batches(data_loader) as batches:
+            for batch in batches:
+                input, label = self.parse_batch_test(batch)
+                output = self.model_inference(input)
+                self.evaluator.process(output, label)
         results = self.evaluator.evaluate()
         for k, v in results.items():
             if isinstance(v, numbers.Real):
@@ -688,22 +690,23 @@ class TrainerX(SimpleTrainer):
         self.num_batches = len(self.train_loader_x)
         print_freq = self.cfg.TRAIN.PRINT_FREQ
         end = time.time()
-        for self.batch_idx, batch in enumerate(self.train_loader_x, start=self.start_batch):
-            data_time.update(time.time() - end)
-            loss_summary = self.forward_backward(batch)
-            if self.batch_idx + 1 == self.num_batches:
-                self.step_lr_once()  # before the progress line: it shows the LR the next epoch uses
-            batch_time.update(time.time() - end)
-            losses.update(loss_summary)
-            if (self.batch_idx + 1) % print_freq == 0 or self.num_batches < print_freq:
-                print(self.progress_line(batch_time, data_time, losses))
-            n_iter = self.epoch * self.num_batches + self.batch_idx
-            for name, meter in losses.meters.items():
-                self.write_scalar("train/" + name, meter.avg, n_iter)
-            if self._optims:
-                self.write_scalar("train/lr", self.get_current_lr(), n_iter)
-            self.after_step()
-            end = time.time()
+        with loader_batches(self.train_loader_x) as batches:
+            for self.batch_idx, batch in enumerate(batches, start=self.start_batch):
+                data_time.update(time.time() - end)
+                loss_summary = self.forward_backward(batch)
+                if self.batch_idx + 1 == self.num_batches:
+                    self.step_lr_once()  # before the progress line: it shows the LR the next epoch uses
+                batch_time.update(time.time() - end)
+                losses.update(loss_summary)
+                if (self.batch_idx + 1) % print_freq == 0 or self.num_batches < print_freq:
+                    print(self.progress_line(batch_time, data_time, losses))
+                n_iter = self.epoch * self.num_batches + self.batch_idx
+                for name, meter in losses.meters.items():
+                    self.write_scalar("train/" + name, meter.avg, n_iter)
+                if self._optims:
+                    self.write_scalar("train/lr", self.get_current_lr(), n_iter)
+                self.after_step()
+                end = time.time()
 
     def after_step(self):
         """Mid-epoch "last" checkpoints: every ``TRAIN.CHECKPOINT_ITERS`` steps, and where a signal

@@ -6,6 +6,7 @@ file naming the latest file (read by resume). Ours adds ``model-last.pth.tar``: 
 between numbered checkpoints (see ``dpl.engine.trainer``). Every file is written atomically: a crash mid-write
 leaves the previous file intact.
 """
+import contextlib
 import os
 import pickle
 import random
@@ -220,3 +221,21 @@ def open_specified_layers(model, layers):
         module.train(trainable)
         for p in module.parameters():
             p.requires_grad = trainable
+
+
+@contextlib.contextmanager
+def loader_batches(loader):
+    """Iterate ``loader`` (``with loader_batches(loader) as batches: for batch in batches: ...``) and shut
+    its worker processes down when the block ends, also when it ends with an exception.
+
+    Without this, an exception (e.g. an unreadable image raised in a worker) keeps the iterator alive in
+    the traceback's frames; its workers, which ignore SIGTERM (``dpl.data.data_manager.seed_worker``), then outlive the run and
+    the interpreter waits for them forever at exit.
+    """
+    batches = iter(loader)
+    try:
+        yield batches
+    finally:
+        shutdown = getattr(batches, "_shutdown_workers", None)  # multi-process iterators only
+        if shutdown is not None:
+            shutdown()
