@@ -106,4 +106,6 @@ class _RenamedModule(types.ModuleType):
 _package("dpl_datasets", PROJECT_PACKAGES["dpl_datasets"])
 _package("dpl_trainers", PROJECT_PACKAGES["dpl_trainers"])
 # The trainer base moved from trainers/base.py into the library; users' trainers may still import it.
-sys.modules.setdefault("dpl_trainers.base", _RenamedModule("dpl_trainers.base", "dpl.prompting"))
+if "dpl_trainers.base" not in sys.modules:
+    sys.modules["dpl_trainers.base"] = _RenamedModule("dpl_trainers.base", "dpl.prompting.base")
+    sys.modules["dpl_trainers"].base = sys.modules["dpl_trainers.base"]  # `import dpl_trainers.base` too

@@ -90,3 +90,21 @@ def test_a_broken_leaf_fails_only_the_run_that_selects_it(tmp_path, tiny_clip_pa
     assert 'The requested trainer (--trainer / TRAINER.NAME) "MyMethod" is not registered' in last
     assert f"Files that failed to import: {broken} (ModuleNotFoundError: No module named " in last
     assert "Traceback" not in selected.stderr
+
+
+def test_the_tables_know_the_training_free_trainers_the_classes_declare():
+    from dpl.engine import TRAINER_REGISTRY
+    from dpl.project import import_project_modules
+    from dpl.results.layout import TRAINING_FREE_TRAINERS
+
+    import_project_modules()
+    declared = {name for name in TRAINER_REGISTRY.registered_names() if TRAINER_REGISTRY.get(name).TRAINING_FREE}
+    assert declared == set(TRAINING_FREE_TRAINERS)
+
+
+def test_import_dpl_trainers_base_reads_the_library_module():
+    code = ("import dpl.project\nimport dpl_trainers.base\nimport dpl.prompting.base as base\n"
+            "assert dpl_trainers.base.ClipPromptTrainer is base.ClipPromptTrainer\n"
+            "assert dpl_trainers.base.FROZEN_TEXT_CHUNK == base.FROZEN_TEXT_CHUNK\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT)
+    assert result.returncode == 0, result.stderr

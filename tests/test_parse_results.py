@@ -177,6 +177,16 @@ def test_run_status_is_the_finished_state_the_scripts_skip_by(tmp_path):
     assert (code, out) == (0, f"{run}/results.json: accuracy 55.50%\n")
 
 
+def test_run_status_of_an_unreadable_checkpoint_is_one_line(tmp_path):
+    model_dir = tmp_path / "seed1" / "prompt_learner"
+    model_dir.mkdir(parents=True)
+    (model_dir / "model.pth.tar-1").write_bytes(b"")  # truncated by a full disk
+    (model_dir / "checkpoint").write_text("model.pth.tar-1\n")
+    code, out, err = run_cli("--run-status", tmp_path / "seed1")
+    assert code == 3 and "Traceback" not in err
+    assert out.startswith(f"{tmp_path / 'seed1'}: Checkpoint ") and "cannot be read" in out
+
+
 def test_parse_results_is_a_thin_command_line():
     """Tables, statistics, plots and log reading live in dpl.results; the script only parses arguments."""
     assert len((REPO / "parse_results.py").read_text().splitlines()) < 200

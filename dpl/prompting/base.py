@@ -8,8 +8,8 @@ checkpoint trained on base classes loads into a model built for new classes.
 
 ``ClipPromptTrainer(TrainerX)`` builds CLIP (``dpl.clip.load_clip``), checks ``INPUT.SIZE``,
 handles precision (``PREC`` fp32 / fp16 / amp; CPU runs fp32), optimizes and checkpoints the
-learnable tensors only, logs every loss component, steps the LR at the last batch of an epoch, and
-encodes the class text features once per ``test()`` call. A method subclasses it and implements
+learnable tensors only, logs every loss component and encodes the class text features once per
+``test()`` call (the engine steps the LR schedule once per epoch). A method subclasses it and implements
 ``build_clip_model(clip_model, classnames)`` and, if it trains with more than cross-entropy,
 ``compute_losses(images, labels)``.
 """

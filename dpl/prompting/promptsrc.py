@@ -174,8 +174,6 @@ class SelfRegulatingTrainer(ClipPromptTrainer):
         gpa = self.settings.gpa
         if gpa is None:
             return None
-        if self.max_epoch < 1:
-            raise UserError(f"OPTIM.MAX_EPOCH is {self.max_epoch}: prompt aggregation (GPA) needs at least one epoch")
         try:
             return GaussianPromptAggregator(self.max_epoch, gpa.gpa_mean, gpa.gpa_std)
         except ValueError as exc:

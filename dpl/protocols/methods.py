@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from typing import Dict
 
 from dpl.project import PROJECT_ROOT
-from dpl.results.layout import TRAINING_FREE_TRAINERS
 
 SCRIPTS_DIR = PROJECT_ROOT / "scripts"
 METHOD_FILE = "method.sh"
@@ -32,8 +31,14 @@ class Method:
 
     @property
     def training_free(self):
-        """A trainer that does not train (zero-shot CLIP): deterministic, so one seed's run is enough."""
-        return self.trainer in TRAINING_FREE_TRAINERS
+        """A trainer that does not train (its class sets ``TRAINING_FREE``, e.g. zero-shot CLIP): deterministic,
+        so one seed's run is enough."""
+        from dpl.engine import TRAINER_REGISTRY
+        from dpl.project import import_project_modules
+
+        import_project_modules()
+        trainer = TRAINER_REGISTRY.get(self.trainer) if self.trainer in TRAINER_REGISTRY else None
+        return bool(getattr(trainer, "TRAINING_FREE", False))
 
     def has_script(self, script):
         return os.path.isfile(os.path.join(self.folder, script))

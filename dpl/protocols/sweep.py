@@ -22,7 +22,6 @@ from .runner import PlanConfigError, plan_request, state_of
 from .steps import STEPS, step_context
 
 _STEP_CALL = re.compile(r"^([a-z_0-9]+) \"\$@\"$", re.M)
-JOB_STATES = ("done", "resume", "todo", "conflict", "error")
 
 
 class ScriptError(Exception):
@@ -122,7 +121,7 @@ class Planner:
         return opts_for(job.method.trainer, self.sweep_opts)
 
     def job_state(self, job):
-        """``(state, messages)``: one of ``JOB_STATES``, and what is wrong."""
+        """``(state, messages)``: ``done``, ``resume``, ``todo``, ``conflict`` or ``error``, and what is wrong."""
         context = step_context(job.method, f"{job.method.name}/{job.script}", self.env)
         load_epoch = self.env.get("LOADEP", "")
         try:

@@ -41,7 +41,8 @@ PROTOCOL_DATASETS = {
 }
 
 # Trainers that do not train: deterministic, they run once (the first seed's folder) and that run stands
-# for every seed, in the protocol runs (scripts/run_protocol.py) and in the tables.
+# for every seed in the tables. The trainer classes say it themselves (``TRAINING_FREE``, which the
+# protocol runs read); this is the tables' copy, which must not import torch (a test keeps them equal).
 TRAINING_FREE_TRAINERS = ("ZeroshotCLIP", "ZeroshotCLIP2")
 
 CHECKPOINT_POINTER = "checkpoint"

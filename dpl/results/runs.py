@@ -214,8 +214,11 @@ def read_state(run_dir, keyword="accuracy"):
 
 def run_status(run_dir, keyword="accuracy"):
     """``(finished, line)`` for ``parse_results.py --run-status``: where a finished run's result is, or
-    why the run is not finished (its progress, or what its logs lack)."""
-    state = read_state(run_dir, keyword)
+    why the run is not finished (its progress, what its logs lack, or that its checkpoint is unreadable)."""
+    try:
+        state = read_state(run_dir, keyword)
+    except OSError as exc:  # an unreadable checkpoint (``UnreadableFileError``): the run cannot be resumed as is
+        return False, f"{run_dir}: {exc}"
     if state.finished:
         return True, state.result
     if state.checkpoint is not None:
