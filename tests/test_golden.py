@@ -18,9 +18,8 @@ import re
 import pytest
 import torch
 
-from datagen import make_dataset
 from dpl.project import PROJECT_ROOT
-from dpl.utils import close_logger
+from helpers import build_trainer_in_process, run_train, train_opts
 
 GOLDEN_DIR = PROJECT_ROOT / "tests" / "golden"
 LOSS_RTOL, LOSS_ATOL = 1e-3, 2e-4  # the log prints 4 decimals
@@ -44,22 +43,6 @@ PROGRESS = re.compile(r"epoch \[(\d+)/\d+\] batch \[(\d+)/\d+\] time \S+ \(\S+\)
 COMPONENT = re.compile(r"(\w+) (-?[\d.]+(?:e[+-]?\d+)?) \(")
 
 
-def common_opts(weights):
-    return [
-        "MODEL.BACKBONE.PATH", str(weights), "INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0",
-        "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "DATALOADER.TEST.BATCH_SIZE", "8", "TRAIN.PRINT_FREQ", "1",
-        "OPTIM.MAX_EPOCH", "2", "OPTIM.WARMUP_EPOCH", "0", "OPTIM.LR", "0.01", "USE_CUDA", "False",
-    ]
-
-
-def base_argv(data_root, trainer, config, output_dir):
-    return [
-        "--root", str(data_root), "--seed", "1", "--trainer", trainer, "--output-dir", str(output_dir),
-        "--dataset-config-file", str(PROJECT_ROOT / "configs/datasets/dtd.yaml"),
-        "--config-file", str(PROJECT_ROOT / "configs/trainers" / config),
-    ]
-
-
 def checksums(tensor):
     values = tensor.detach().double().flatten()
     return {"shape": list(tensor.shape), "sum": values.sum().item(), "abs_sum": values.abs().sum().item(),
@@ -80,16 +63,7 @@ def logged_steps(log):
 
 
 def run_training_case(tmp_path, weights, trainer, config, extra):
-    import dpl.tools.train as train
-
-    data_root = tmp_path / "data"
-    make_dataset(data_root, "dtd", n_classes=4, per_class=6)
-    output_dir = tmp_path / "out"
-    try:
-        code = train.cli(base_argv(data_root, trainer, config, output_dir) + common_opts(weights) + list(extra))
-    finally:
-        close_logger()
-    log = (output_dir / "log.txt").read_text()
+    code, output_dir, log = run_train(tmp_path, weights, trainer, config, train_opts(2), tuple(extra))
     assert code == 0, log[-2000:]
     checkpoint_files = sorted(output_dir.glob("*/model.pth.tar-2"))
     assert len(checkpoint_files) == 1, checkpoint_files
@@ -98,13 +72,7 @@ def run_training_case(tmp_path, weights, trainer, config, extra):
 
 
 def run_zero_shot_case(tmp_path, weights, trainer, config):
-    import dpl.tools.train as train
-    from dpl.engine import build_trainer
-
-    data_root = tmp_path / "data"
-    make_dataset(data_root, "dtd", n_classes=4, per_class=6)
-    argv = base_argv(data_root, trainer, config, tmp_path / "out") + ["--eval-only"] + common_opts(weights)
-    model = build_trainer(train.setup_cfg(train.build_parser().parse_args(argv)))
+    model = build_trainer_in_process(tmp_path, weights, trainer, config)
     model.set_model_mode("eval")
     with torch.no_grad():
         text_features = model.model.encode_text()

@@ -3,13 +3,11 @@
 import pytest
 from yacs.config import CfgNode as CN
 
-from datagen import make_dataset
 from dpl.drople import AlignmentGuidance, TokenDropout, residual_lambda
 from dpl.engine.errors import UserError
-from dpl.project import PROJECT_ROOT
 from dpl.prompting import ContextSettings, DeepPromptSettings, GPASettings, gaussian_epoch_weights, setting_errors
-from dpl.utils import close_logger
 from dpl.utils.errors import SettingError
+from helpers import run_train, train_opts
 
 CONFIGS = {
     "DropoutPrompt": "DropoutPrompt/vit_b16_c2_ep20_batch4_4+4ctx.yaml",
@@ -20,22 +18,9 @@ CONFIGS = {
 }
 
 
-def run_train(tmp_path, weights, trainer, *opts):
-    """``train.py`` in-process on a tiny DTD folder; returns (exit code, stderr)."""
-    import dpl.tools.train as train
-
-    data_root = tmp_path / "data"
-    if not data_root.exists():
-        make_dataset(data_root, "dtd", n_classes=3, per_class=4)
-    argv = ["--root", str(data_root), "--seed", "1", "--trainer", trainer, "--output-dir", str(tmp_path / "out"),
-            "--dataset-config-file", str(PROJECT_ROOT / "configs/datasets/dtd.yaml"),
-            "--config-file", str(PROJECT_ROOT / "configs/trainers" / CONFIGS[trainer]),
-            "MODEL.BACKBONE.PATH", str(weights), "INPUT.SIZE", "(32, 32)", "DATALOADER.NUM_WORKERS", "0",
-            "OPTIM.MAX_EPOCH", "1", "USE_CUDA", "False", *opts]
-    try:
-        return train.cli(argv)
-    finally:
-        close_logger()
+def train(tmp_path, weights, trainer, *opts):
+    """``train.py`` in-process on a tiny DTD folder with ``opts`` last; returns the exit code."""
+    return run_train(tmp_path, weights, trainer, CONFIGS[trainer], train_opts(1), tuple(opts))[0]
 
 
 @pytest.mark.parametrize("trainer, key, value, message", [
@@ -52,14 +37,14 @@ def run_train(tmp_path, weights, trainer, *opts):
 ])
 def test_a_bad_setting_is_one_line_naming_its_key(trainer, key, value, message, tmp_path, tiny_clip_path, capsys):
     node = {"DropoutPrompt": "DPL", "PromptSRC": "PROMPTSRC", "KgCoOp": "KGCOOP", "CoOp": "COOP"}[trainer]
-    code = run_train(tmp_path, tiny_clip_path, trainer, f"TRAINER.{node}.{key}", value)
+    code = train(tmp_path, tiny_clip_path, trainer, f"TRAINER.{node}.{key}", value)
     err = capsys.readouterr().err
     assert code != 0 and "Traceback" not in err
     assert message in err.strip().splitlines()[-1], err
 
 
 def test_a_clamped_depth_is_logged_with_its_key(tmp_path, tiny_clip_path, capsys):
-    assert run_train(tmp_path, tiny_clip_path, "IVLP", "TRAINER.IVLP.PROMPT_DEPTH_TEXT", "9",
+    assert train(tmp_path, tiny_clip_path, "IVLP", "TRAINER.IVLP.PROMPT_DEPTH_TEXT", "9",
                      "TEST.NO_TEST", "True") == 0
     out = capsys.readouterr().out
     assert "TRAINER.IVLP.PROMPT_DEPTH_TEXT = 9 exceeds the backbone's 3 layers: using 3" in out
