@@ -20,8 +20,8 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 PROJECT_PACKAGES = {"dpl_datasets": PROJECT_ROOT / "datasets", "dpl_trainers": PROJECT_ROOT / "trainers"}
 
 
-def _package(name, folder):
-    """The alias package for ``folder``, created once per process."""
+def alias_package(name, folder):
+    """The package ``name`` over ``folder`` (its ``__init__.py``, if any, is not run), created once per process."""
     module = sys.modules.get(name)
     if module is None:
         module = types.ModuleType(name)
@@ -53,14 +53,15 @@ def import_project_modules():
                 f"Project folder {folder} is missing: dpl must run from a checkout of the project "
                 "(install it with `pip install -e .` from the repository root)."
             )
-        _package(package, folder)
+        alias_package(package, folder)
         for path in sorted(folder.glob("*.py")):
             if not path.stem.startswith("_"):
-                _import_leaf(f"{package}.{path.stem}", path)
+                import_leaf(f"{package}.{path.stem}", path)
     return broken_leaves()
 
 
-def _import_leaf(module_name, path):
+def import_leaf(module_name, path):
+    """Import ``path`` as ``module_name`` once; an error is kept in ``broken_leaves()`` with a warning line."""
     if module_name in sys.modules or str(path) in _BROKEN_LEAVES:
         return
     try:
@@ -77,8 +78,9 @@ def broken_leaves(folder=None):
             if folder is None or Path(path).parent == Path(folder)}
 
 
-def broken_leaves_note(folder):
-    """A sentence for a "not registered" error: the files of ``folder`` that failed to import, else ""."""
+def broken_leaves_note(folder=None):
+    """A sentence for a "not registered" error: the files (of ``folder``, when given) that failed to import,
+    else ""."""
     broken = broken_leaves(folder)
     if not broken:
         return ""
@@ -103,8 +105,8 @@ class _RenamedModule(types.ModuleType):
         return getattr(importlib.import_module(self._target), attr)
 
 
-_package("dpl_datasets", PROJECT_PACKAGES["dpl_datasets"])
-_package("dpl_trainers", PROJECT_PACKAGES["dpl_trainers"])
+alias_package("dpl_datasets", PROJECT_PACKAGES["dpl_datasets"])
+alias_package("dpl_trainers", PROJECT_PACKAGES["dpl_trainers"])
 # The trainer base moved from trainers/base.py into the library; users' trainers may still import it.
 if "dpl_trainers.base" not in sys.modules:
     sys.modules["dpl_trainers.base"] = _RenamedModule("dpl_trainers.base", "dpl.prompting.base")

@@ -11,6 +11,8 @@ from helpers import (
     check_base_to_new_evaluation,
     check_one_epoch_lowers_training_loss,
     check_only_learnable_tensors_get_gradients_and_are_saved,
+    run_train,
+    train_opts,
 )
 
 CONFIG = "KgCoOp/vit_b16_ep100_ctxv1.yaml"
@@ -74,3 +76,57 @@ def test_one_epoch_through_train_py_lowers_the_training_loss(tmp_path, tiny_clip
 
 def test_base_checkpoint_evaluates_on_new_classes(tmp_path, tiny_clip_path):
     check_base_to_new_evaluation(tmp_path, tiny_clip_path, "KgCoOp", CONFIG, "prompt_learner")
+
+
+# ----- upstream KgCoOp's configs and options -------------------------------------------------------
+UPSTREAM_KGCOOP_YAML = """\
+DATALOADER:
+  TRAIN_X:
+    BATCH_SIZE: 128
+OPTIM:
+  NAME: "sgd"
+  LR: 0.002
+  MAX_EPOCH: 100
+TRAINER:
+  COOP:
+    CTX_INIT: True
+"""
+UPSTREAM_KGCOOP_OPTS = ("TRAINER.COOP.N_CTX", "4", "TRAINER.COOP.CSC", "False", "TRAINER.COOP.W", "8.0",
+                        "TRAINER.COOP.CLASS_TOKEN_POSITION", "end")
+
+
+def _kgcoop_settings(tmp_path, *argv):
+    import dpl.tools.train as TRAIN
+    from dpl_trainers.kgcoop import KgCoOp
+
+    cfg = TRAIN.setup_cfg(TRAIN.build_parser().parse_args(["--trainer", "KgCoOp", *argv]))
+    return cfg, KgCoOp.read_settings(cfg)
+
+
+def test_upstream_kgcoop_config_and_options_mean_what_they_meant_there(tmp_path):
+    config = tmp_path / "vit_b16_ep100_ctxv1.yaml"
+    config.write_text(UPSTREAM_KGCOOP_YAML)
+    cfg, settings = _kgcoop_settings(tmp_path, "--config-file", str(config), *UPSTREAM_KGCOOP_OPTS)
+    assert cfg.TRAINER.COOP.CTX_INIT == "a photo of a"  # KgCoOp's bool: "initialise from 'a photo of a'"
+    assert settings.w == 8.0 and settings.context.ctx_init == "a photo of a" and settings.context.n_ctx == 4
+    _, weight_only = _kgcoop_settings(tmp_path, "TRAINER.COOP.W", "2")
+    assert weight_only.w == 2.0 and weight_only.context.ctx_init == ""
+    _, off = _kgcoop_settings(tmp_path, "TRAINER.COOP.CTX_INIT", "False", "TRAINER.KGCOOP.W", "3.0")
+    assert off.context.ctx_init == "" and off.w == 3.0
+
+
+def test_the_same_kgcoop_setting_on_both_nodes_must_agree(tmp_path):
+    from dpl.engine import UserError
+
+    with pytest.raises(UserError, match=r"TRAINER.KGCOOP.W = 2.0 and TRAINER.COOP.W = 4.0 .* disagree"):
+        _kgcoop_settings(tmp_path, "TRAINER.KGCOOP.W", "2", "TRAINER.COOP.W", "4")
+
+
+def test_an_upstream_kgcoop_run_trains_here(tmp_path, tiny_clip_path):
+    config = tmp_path / "upstream.yaml"
+    config.write_text(UPSTREAM_KGCOOP_YAML)
+    code, _, log = run_train(tmp_path, tiny_clip_path, "KgCoOp", "KgCoOp/vit_b16_ep100_ctxv1.yaml",
+                             "--config-file", str(config), UPSTREAM_KGCOOP_OPTS, train_opts(epochs=1))
+    assert code == 0, log[-2000:]
+    assert 'Initial context: "a photo of a"' in log
+    assert "loss_kg" in log

@@ -2,10 +2,14 @@
 
 yacs requires a merged value to have the type of the value it replaces, so ``RES_WEIGHT 0`` on the
 command line or ``TEXT_LOSS_WEIGHT: 25`` in a YAML file fails for a float key. This node turns such
-integers (not bools; also inside a list or tuple of floats) into floats before handing the merge to yacs; every other check stays yacs'
-own (unknown keys, other type mismatches, a float for an int key).
+integers (not bools; also inside a list or tuple of floats) into floats before handing the merge to yacs;
+it also translates the upstream values whose type differs between upstream repositories
+(``dpl.config.upstream.translated_value``: KgCoOp's bool ``TRAINER.COOP.CTX_INIT``). Every other check
+stays yacs' own (unknown keys, other type mismatches, a float for an int key).
 """
 from yacs.config import CfgNode as YacsCfgNode
+
+from .upstream import translated_value
 
 
 def int_as_float(value, original):
@@ -40,22 +44,24 @@ class CfgNode(YacsCfgNode):
         for index in range(0, len(cfg_list) - 1, 2):
             original = self._existing_value(cfg_list[index])
             if original is not None:
-                cfg_list[index + 1] = self._coerced(cfg_list[index + 1], original)
+                cfg_list[index + 1] = self._coerced(cfg_list[index + 1], original, str(cfg_list[index]))
         super().merge_from_list(cfg_list)
 
     @classmethod
-    def _coerced(cls, raw, original):
-        """``raw`` (as merged: a string is decoded by yacs) as a float where ``original`` is one.
+    def _coerced(cls, raw, original, full_key):
+        """``raw`` (as merged: a string is decoded by yacs) as a float where ``original`` is one, or as
+        ``translated_value`` gives it for ``full_key``.
 
         An unchanged value is returned raw, so yacs decodes it exactly once.
         """
         value = cls._decode_cfg_value(raw)
-        coerced = int_as_float(value, original)
+        coerced = int_as_float(translated_value(full_key, value), original)
         return coerced if coerced is not value else raw
 
     @classmethod
-    def _coerce_tree(cls, incoming, target):
-        """Coerce the leaves of ``incoming`` in place against the matching leaves of ``target``.
+    def _coerce_tree(cls, incoming, target, prefix=""):
+        """Coerce the leaves of ``incoming`` in place against the matching leaves of ``target`` (whose
+        dotted name in the root config is ``prefix``).
 
         Keys missing from ``target`` are left alone: yacs reports them.
         """
@@ -66,10 +72,10 @@ class CfgNode(YacsCfgNode):
             if isinstance(raw, dict) and isinstance(original, YacsCfgNode):
                 # yacs requires a merged node to have the class of the node it merges into
                 node = raw if type(raw) is type(original) else type(original)(raw)
-                cls._coerce_tree(node, original)
+                cls._coerce_tree(node, original, f"{prefix}{key}.")
                 incoming[key] = node
             else:
-                incoming[key] = cls._coerced(raw, original)
+                incoming[key] = cls._coerced(raw, original, f"{prefix}{key}")
 
     @classmethod
     def _decode_cfg_value(cls, value):

@@ -1,5 +1,6 @@
 """``TRAINER_REGISTRY``, ``build_trainer`` and the per-trainer config nodes (``extend_cfg``, checks)."""
-from dpl.project import PROJECT_PACKAGES, broken_leaves_note, import_project_modules
+from dpl.config.upstream import add_upstream_nodes
+from dpl.project import broken_leaves_note, import_project_modules
 from dpl.utils.registry import Registry, check_availability
 
 from .errors import UserError
@@ -9,11 +10,16 @@ _MISSING = object()  # a key a config node does not have
 
 
 def build_trainer(cfg):
-    """The trainer class named by ``cfg.TRAINER.NAME`` (registry key = class name), constructed with ``cfg``."""
-    import_project_modules()
+    """The trainer class named by ``cfg.TRAINER.NAME`` (registry key = class name), constructed with ``cfg``.
+
+    A look-up, as Dassl's: the project's ``trainers/`` folder is imported only when the name is not
+    registered yet (a caller that imported its own trainers keeps them; see ``dpl.utils.registry``).
+    """
     name = cfg.TRAINER.NAME
+    if name not in TRAINER_REGISTRY:
+        import_project_modules()
     check_availability(name, TRAINER_REGISTRY.registered_names(), "trainer (--trainer / TRAINER.NAME)",
-                       broken_leaves_note(PROJECT_PACKAGES["dpl_trainers"]))
+                       broken_leaves_note())
     if cfg.VERBOSE:
         print(f"Loading trainer: {name}")
     return TRAINER_REGISTRY.get(name)(cfg)
@@ -24,7 +30,8 @@ def extend_cfg_for_all_trainers(cfg):
 
     Calls the ``extend_cfg(cfg)`` classmethod of each registered trainer class that defines one
     itself (an inherited ``extend_cfg`` is called once, for the class that defines it), in
-    registration order. ``cfg`` must not be frozen.
+    registration order, then adds the nodes upstream ``train.py`` files define that are still missing
+    (``dpl.config.upstream``), for plugins and upstream YAML files. ``cfg`` must not be frozen.
     """
     import_project_modules()
     called = set()
@@ -33,7 +40,7 @@ def extend_cfg_for_all_trainers(cfg):
             if "extend_cfg" in klass.__dict__ and klass not in called:
                 called.add(klass)
                 klass.extend_cfg(cfg)
-    return cfg
+    return add_upstream_nodes(cfg)
 
 
 def check_trainer_nodes(cfg):

@@ -16,7 +16,7 @@ Two runs are the same experiment exactly when their identities are equal. An ide
   (``dpl.results.runs.model_reference``): the run id its folder records, or its folder when it records
   none; ``"untrained"`` for an evaluation without a model (zero-shot CLIP).
 - ``sources`` (only when a trainer or dataset class comes from outside this project): the module
-  and the SHA-256 of its file.
+  and the SHA-256 of its file, or of every file of the plugin that provided it (``dpl.plugins``).
 - ``version``: the identity format, ``IDENTITY_VERSION``.
 
 ``run_id(identity)`` is the first 12 hex digits of the SHA-256 of its canonical JSON.
@@ -24,6 +24,7 @@ Two runs are the same experiment exactly when their identities are equal. An ide
 import hashlib
 import json
 import os
+import sys
 
 IDENTITY_VERSION = 1
 RUN_ID_LENGTH = 12
@@ -152,16 +153,21 @@ def default_config():
 
 
 def external_sources(cfg):
-    """``{"trainer"|"dataset": {"module", "sha256"}}`` for classes defined outside this project's folders."""
+    """``{"trainer"|"dataset": {"module", "sha256"[, "plugin"]}}`` for classes defined outside this project's
+    folders: the SHA-256 of the class's file, or of all the files of the plugin that provided it."""
     from dpl.data.datasets import DATASET_REGISTRY
     from dpl.project import PROJECT_ROOT
 
     sources = {}
+    plugins = sys.modules.get("dpl.plugins")  # loaded only when a run has plugins
     for part, registry, name in (("trainer", None, cfg.TRAINER.NAME), ("dataset", DATASET_REGISTRY, cfg.DATASET.NAME)):
         cls = _selected_trainer_class(cfg) if registry is None else (
             registry.get(name) if name in registry.registered_names() else None)
+        plugin = plugins.LOADED.plugin_of_module(cls.__module__) if plugins and cls is not None else None
         path = _module_file(cls)
-        if path and not path.startswith(str(PROJECT_ROOT) + os.sep):
+        if plugin is not None:  # all of its files (its vendored clip too) make the code that runs
+            sources[part] = {"module": cls.__module__, "plugin": plugin.path, "sha256": plugin.sha256}
+        elif path and not path.startswith(str(PROJECT_ROOT) + os.sep):
             with open(path, "rb") as f:
                 sources[part] = {"module": cls.__module__, "sha256": hashlib.sha256(f.read()).hexdigest()}
     return sources

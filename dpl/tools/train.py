@@ -32,7 +32,10 @@ from dpl.engine import (
     configure_determinism,
     extend_cfg_for_all_trainers,
 )
+from dpl.data.datasets import DATASET_REGISTRY
+from dpl.engine import TRAINER_REGISTRY
 from dpl.engine.build import check_trainer_nodes
+from dpl.plugins import configure_run, gpu_required_line, load_plugins, plugin_paths
 from dpl.results import identity as run_identity
 from dpl.results import runs as run_states
 from dpl.results import schema as results_schema
@@ -72,6 +75,10 @@ def build_parser():
     parser.add_argument("--model-dir", type=str, default="", help="load model from this directory for eval-only mode")
     parser.add_argument("--load-epoch", type=int, help="load model weights at this epoch for evaluation")
     parser.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
+    parser.add_argument(
+        "--plugin", action="append", default=[], metavar="PATH",
+        help="trainer/dataset .py file or Dassl-style checkout to load (repeatable; also $DPL_PLUGINS)",
+    )
     parser.add_argument(
         "opts", default=None, nargs=argparse.REMAINDER, help="modify config options using the command-line"
     )
@@ -132,6 +139,7 @@ def _merge_file(cfg, path, flag):
 
 
 def setup_cfg(args):
+    load_plugins(plugin_paths(args.plugin))  # before the defaults: a plugin may replace a trainer
     cfg = get_cfg_default()
     extend_cfg_for_all_trainers(cfg)
     if args.dataset_config_file:
@@ -188,7 +196,8 @@ def main(args, cfg=None, stops=None):
 
     with claim:  # the lock before the logger: a refused run must not write into the active run's log
         setup_logger(cfg.OUTPUT_DIR)
-        for note in check_trainer_nodes(cfg) + claim.notes:
+        notes = configure_run(cfg) + TRAINER_REGISTRY.override_notes() + DATASET_REGISTRY.override_notes()
+        for note in notes + check_trainer_nodes(cfg) + claim.notes:
             print(note)
         if cfg.SEED >= 0:
             print(f"Setting fixed seed: {cfg.SEED}")
@@ -227,6 +236,9 @@ def disk_error_line(exc):
 
 def user_error_exit(exc):
     """``(one line, exit code)`` for a run error the user can fix; None for a bug (it keeps its traceback)."""
+    gpu_line = gpu_required_line(exc)
+    if gpu_line:
+        return gpu_line, EXIT_RUN_ERROR
     if isinstance(exc, RUN_ERRORS):
         return f"Error: {one_line(exc)}", EXIT_RUN_ERROR
     if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:  # EACCES/EPERM arrive as PermissionError

@@ -1,5 +1,13 @@
-"""Name -> class registries (Dassl-compatible: keys are class names)."""
+"""Name -> class registries (Dassl-compatible: keys are class names).
+
+Registering a name twice raises, as in Dassl, with two exceptions that let a user's own code stand
+next to the project's: a class from outside the project (a plugin, or the modules an upstream
+``train.py`` imports itself) takes a name that one of the project's files registered, whichever was
+imported first; and a class from a plugin replaces one from an earlier plugin. Each such decision is
+kept in ``overrides`` for the run's log.
+"""
 import difflib
+import inspect
 
 from .errors import UserError
 
@@ -15,11 +23,26 @@ class Registry:
     def __init__(self, name):
         self._name = name
         self._obj_map = {}
+        self.overrides = {}  # name -> (the object used, the object it displaced)
 
     def _do_register(self, name, obj, force=False):
-        if name in self._obj_map and not force:
-            raise KeyError(f'An object named "{name}" was already registered in "{self._name}" registry')
-        self._obj_map[name] = obj
+        existing = self._obj_map.get(name)
+        if existing is None or force or existing is obj:
+            self._obj_map[name] = obj
+            return
+        if is_project_object(obj) and not is_project_object(existing):
+            self.overrides[name] = (existing, obj)  # the user's class was imported first: it stays
+            return
+        if not is_project_object(obj) and (is_project_object(existing) or is_plugin_object(existing)):
+            self.overrides[name] = (obj, existing)
+            self._obj_map[name] = obj
+            return
+        raise KeyError(f'An object named "{name}" was already registered in "{self._name}" registry')
+
+    def override_notes(self):
+        """One line per name whose class is not the project's (or an earlier plugin's), for the run's log."""
+        return [f"{self._name.capitalize()} {name}: using {describe_origin(used)}, which replaces "
+                f"{describe_origin(displaced)}" for name, (used, displaced) in self.overrides.items()]
 
     def register(self, obj=None, force=False):
         if obj is None:
@@ -45,6 +68,29 @@ class Registry:
         close = difflib.get_close_matches(name, self._obj_map.keys(), n=1, cutoff=0.0)
         known = ", ".join(sorted(self._obj_map))
         return (f"do you mean [{close[0]}]? " if close else "") + f"registered: {known}"
+
+
+# Modules whose classes are the project's own: the library and the project's datasets/ and trainers/ folders
+# (imported under these private package names by ``dpl.project``).
+PROJECT_MODULE_PREFIXES = ("dpl.", "dpl_datasets.", "dpl_trainers.")
+PLUGIN_MODULE_PREFIX = "dpl_plugin_"  # modules loaded by ``dpl.plugins``
+
+
+def is_project_object(obj):
+    return getattr(obj, "__module__", "").startswith(PROJECT_MODULE_PREFIXES)
+
+
+def is_plugin_object(obj):
+    return getattr(obj, "__module__", "").startswith(PLUGIN_MODULE_PREFIX)
+
+
+def describe_origin(obj):
+    """``the project's <file>``, ``<file>`` or the module name when there is no file."""
+    try:
+        where = inspect.getfile(obj)
+    except (TypeError, OSError):
+        where = getattr(obj, "__module__", "?")
+    return f"the project's {where}" if is_project_object(obj) else where
 
 
 class UnknownNameError(UserError, ValueError):

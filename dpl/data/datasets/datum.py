@@ -48,7 +48,27 @@ class Datum:
         return f"Datum(impath={self._impath!r}, label={self._label}, domain={self._domain}, classname={self._classname!r})"
 
     def __getstate__(self):
-        return self._key()
+        return {"_impath": self._impath, "_label": self._label, "_domain": self._domain, "_classname": self._classname}
 
     def __setstate__(self, state):
-        self._impath, self._label, self._domain, self._classname = state
+        if isinstance(state, tuple):  # written by earlier versions of this class
+            state = dict(zip(("_impath", "_label", "_domain", "_classname"), state))
+        self._impath, self._label = state["_impath"], state["_label"]
+        self._domain, self._classname = state.get("_domain", 0), state.get("_classname", "")
+
+
+DASSL_DATUM_MODULE = "dassl.data.datasets.base_dataset"
+
+
+class DasslDatum(Datum):
+    """``Datum`` under Dassl's class path (``dassl.data.datasets.base_dataset.Datum``), for Dassl-style code.
+
+    Pickling it needs that module name to resolve to this class, which ``dpl.plugins``' alias of ``dassl``
+    does; Dassl unpickles it as its own ``Datum`` (the state is the plain dict Dassl's object holds).
+    """
+
+    __slots__ = ()
+
+
+DasslDatum.__module__ = DASSL_DATUM_MODULE
+DasslDatum.__name__ = DasslDatum.__qualname__ = "Datum"

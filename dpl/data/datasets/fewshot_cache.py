@@ -3,8 +3,8 @@
 Order of precedence for ``NUM_SHOTS = K``, ``SEED = S``:
 
 1. An upstream cache ``shot_{K}-seed_{S}.pkl`` (pickled Dassl ``Datum`` objects with absolute paths,
-   written by CoOp/KgCoOp/PromptSRC) is read without Dassl installed, so results stay comparable
-   with published runs. Its paths are re-rooted at the current dataset folder when they were
+   written by CoOp/KgCoOp/PromptSRC, or by a Dassl-style loader running here as a plugin, whose ``Datum``
+   pickles as Dassl's) is read without Dassl installed, so results stay comparable with published runs. Its paths are re-rooted at the current dataset folder when they were
    recorded on another machine.
 2. Our portable cache ``dpl-v{V}_shot_{K}-seed_{S}_{key}.json``: paths relative to the dataset
    folder, the format version ``V`` and ``key`` = the first 16 hex digits of the SHA-256 of the
@@ -79,6 +79,8 @@ class _PickledDatum:
     def __setstate__(self, state):
         if isinstance(state, tuple) and len(state) == 2:  # (dict state, slots state)
             state = {**(state[0] or {}), **(state[1] or {})}
+        elif isinstance(state, tuple) and len(state) == 4:  # our Datum before it pickled Dassl's dict
+            state = dict(zip(("_impath", "_label", "_domain", "_classname"), state))
         self.state = state
 
     def field(self, name, default=None):
@@ -91,6 +93,10 @@ class _UpstreamCacheUnpickler(pickle.Unpickler):
     ALLOWED = {
         ("dassl.data.datasets.base_dataset", "Datum"): _PickledDatum,
         ("dassl.data.datasets", "Datum"): _PickledDatum,
+        # a Dassl-style loader that imported our Datum directly (``from dpl.data.datasets import Datum``)
+        ("dpl.data.datasets.datum", "Datum"): _PickledDatum,
+        ("dpl.data.datasets.base_dataset", "Datum"): _PickledDatum,
+        ("dpl.data.datasets", "Datum"): _PickledDatum,
         ("copyreg", "_reconstructor"): None,  # protocols 0/1
         ("builtins", "object"): object,
         ("__builtin__", "object"): object,

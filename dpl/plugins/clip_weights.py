@@ -1,0 +1,52 @@
+"""Weights for a plugin's own (vendored) ``clip`` package: the file this project would load, offline.
+
+Upstream trainers load CLIP with ``clip._download(clip._MODELS[MODEL.BACKBONE.NAME])``, which ignores
+``MODEL.BACKBONE.PATH`` and downloads when the file is not in ``~/.cache/clip``. When a checkout's
+``clip`` module is imported, ``adapt_vendored_clip`` adds this project's backbone names to its ``_MODELS``
+(the pocket model as a ``file://`` URL) and replaces its ``_download`` with ``resolve_clip_weights``: the
+run's ``MODEL.BACKBONE.PATH`` when set, else the checked cache file, exactly what our trainers load.
+"""
+import functools
+
+from dpl.clip.package import MODEL_URLS
+from dpl.clip.weights import POCKET_NAME, POCKET_PATH, resolve_clip_weights
+from dpl.utils.errors import UserError
+
+
+class RunWeights:
+    """The ``MODEL.BACKBONE.PATH`` of the run in this process (set once its config is final)."""
+
+    def __init__(self):
+        self.path = ""
+
+    def configure(self, cfg):
+        self.path = cfg.MODEL.BACKBONE.PATH
+
+
+def backbone_urls():
+    """``{backbone name: URL}`` of every backbone this project loads (the pocket model as a file URL)."""
+    return {**MODEL_URLS, POCKET_NAME: POCKET_PATH.as_uri()}
+
+
+def is_vendored_clip(module):
+    return isinstance(getattr(module, "_MODELS", None), dict) and callable(getattr(module, "_download", None))
+
+
+def adapt_vendored_clip(module, run_weights):
+    """Point a vendored ``clip.clip`` module's ``_MODELS`` / ``_download`` at this project's weights."""
+    for name, url in backbone_urls().items():
+        module._MODELS.setdefault(name, url)
+    module._download = functools.partial(download_for_plugin, module._MODELS, run_weights)
+
+
+def download_for_plugin(models, run_weights, url, root=None, *args, **kwargs):
+    """What a plugin's ``_download(url[, root])`` returns here: the path of the weights file (never a download
+    when the file is at ``MODEL.BACKBONE.PATH`` or in the cache; ``root`` is ignored)."""
+    if run_weights.path:
+        return str(resolve_clip_weights("", run_weights.path))
+    names = [name for name, known in models.items() if known == url]
+    name = next((name for name in names if name in backbone_urls()), None)
+    if name is None:
+        raise UserError(f"A plugin asked its clip package for weights at {url}, which is no backbone this project "
+                        "knows; set MODEL.BACKBONE.PATH to the weights file")
+    return str(resolve_clip_weights(name))
