@@ -221,3 +221,24 @@ def test_zeroshot_run_with_a_coop_yaml_logs_the_note(tmp_path, tiny_clip_path):
     note = "Note: ZeroshotCLIP learns no prompts: TRAINER.COOP.CTX_INIT = 'a photo of a' from the config is ignored"
     assert log.count(note) == 1
     assert "* accuracy:" in log
+
+
+def test_an_upstream_only_key_the_trainer_does_not_read_is_a_one_line_config_error(capsys):
+    code, err = run_cli(["--trainer", "CoOp", "TRAINER.COOP.W", "8.0"], capsys)  # KgCoOp's weight, on CoOp
+    assert code == train.EXIT_CONFIG_ERROR
+    assert err == ("Config error: CoOp does not read TRAINER.COOP.W = 8.0: the key is there for upstream "
+                   "repositories' trainers (dpl.config.upstream); remove it, or select the trainer that reads it\n")
+    code, err = run_cli(["--trainer", "KgCoOp", "TRAINER.COOP.ALPHA", "2.0"], capsys)  # dead in upstream KgCoOp
+    assert code == train.EXIT_CONFIG_ERROR and "KgCoOp does not read TRAINER.COOP.ALPHA = 2.0" in err
+
+
+def test_every_upstream_train_py_node_exists_with_upstream_defaults():
+    cfg = extend_cfg_for_all_trainers(get_cfg_default())
+    assert dict(cfg.TRAINER.COCOOP) == {"N_CTX": 16, "CTX_INIT": "", "PREC": "fp16"}
+    assert dict(cfg.TRAINER.MAPLE) == {"N_CTX": 2, "CTX_INIT": "a photo of a", "PREC": "fp16", "PROMPT_DEPTH": 9}
+    assert dict(cfg.TRAINER.VPT) == {"N_CTX_VISION": 2, "CTX_INIT": "a photo of a", "PREC": "fp16",
+                                     "PROMPT_DEPTH_VISION": 1}
+    assert (cfg.TRAINER.COOP.W, cfg.TRAINER.COOP.ALPHA, cfg.TRAINER.COOP.N_CTX) == (1.0, 1.0, 16)
+    assert dict(cfg.LOSS) == {"GM": False, "NAME": "", "ALPHA": 0.0, "T": 1.0, "LAMBDA": 1.0}
+    cfg.merge_from_list(["TRAINER.COCOOP.CTX_INIT", "True", "TRAINER.COOP.CTX_INIT", "False"])
+    assert (cfg.TRAINER.COCOOP.CTX_INIT, cfg.TRAINER.COOP.CTX_INIT) == ("a photo of a", "")

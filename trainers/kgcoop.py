@@ -98,6 +98,10 @@ class KgCoOp(ClipPromptTrainer):
     def node_of(cls, cfg):
         return kgcoop_node(cfg)
 
+    @classmethod
+    def config_keys(cls, node_name):
+        return UPSTREAM_KEYS if node_name == UPSTREAM_NODE else None
+
     def build_clip_model(self, clip_model, classnames):
         template = dataset_template(self.cfg.DATASET.NAME)
         print(f'KgCoOp teacher template: "{template}"')

@@ -50,8 +50,10 @@ def check_trainer_nodes(cfg):
     ``config_nodes()`` lists. Every key of every other trainer node is compared with the defaults tree
     (``get_cfg_default()`` plus all trainers' ``extend_cfg``); a value that differs would be silently
     ignored, so all such values are one ``UserError`` (one line, raised before anything is written).
+    The same holds for a key of one of its own nodes that only upstream ``train.py`` files define (e.g.
+    KgCoOp's ``TRAINER.COOP.W`` for CoOp; ``_unread_upstream_settings``).
     Not checked: an unknown trainer name (``build_trainer`` reports it) and a trainer whose
-    ``config_nodes()`` is None (undeclared, e.g. Dassl-style trainers). The one exception is a
+    ``config_nodes()`` is None (undeclared, e.g. Dassl-style trainers and plugins). The one exception is a
     ``TRAINING_FREE`` trainer (zero-shot CLIP, which upstream runs with CoOp's YAML files): no setting
     of a learning method can change its run, so the differing values become one note line, returned
     in a list (empty when there is nothing to note) for the caller to print into the run's log.
@@ -65,11 +67,46 @@ def check_trainer_nodes(cfg):
     if own_nodes is None:
         return []
     ignored = _foreign_settings(cfg, own_nodes)
-    if not ignored:
+    unread = _unread_upstream_settings(cfg, trainer, own_nodes)
+    if not ignored and not unread:
         return []
     if trainer.TRAINING_FREE:
-        return [_training_free_note(name, ignored)]
-    raise UserError(_foreign_settings_message(cfg, name, own_nodes, ignored))
+        return [_training_free_note(name, ignored + unread)]
+    if ignored:
+        raise UserError(_foreign_settings_message(cfg, name, own_nodes, ignored))
+    settings = ", ".join(_setting(node_name, key, value) for node_name, key, value in unread)
+    raise UserError(f"{name} does not read {settings}: the key is there for upstream repositories' trainers "
+                    "(dpl.config.upstream); remove it, or select the trainer that reads it")
+
+
+def _trainer_keys(trainer, node_name):
+    """The keys of ``TRAINER.<node_name>`` that ``trainer`` reads: ``trainer.config_keys(node_name)`` if it says,
+    else those its own ``extend_cfg`` defines (all keys when it defines no such node)."""
+    declared = getattr(trainer, "config_keys", None)
+    keys = declared(node_name) if declared is not None else None
+    if keys is not None:
+        return set(keys)
+    from dpl.config import get_cfg_default
+
+    own = get_cfg_default()
+    if hasattr(trainer, "extend_cfg"):
+        trainer.extend_cfg(own)
+    return set(own.TRAINER[node_name]) if node_name in own.TRAINER else None
+
+
+def _unread_upstream_settings(cfg, trainer, own_nodes):
+    """``[(node, key, value)]``: keys set on the trainer's own nodes that only upstream files define (e.g.
+    KgCoOp's ``TRAINER.COOP.W`` for CoOp), which the trainer would ignore."""
+    upstream = add_upstream_nodes(type(cfg)({"TRAINER": type(cfg)()})).TRAINER
+    unread = []
+    for node_name in own_nodes:
+        keys = _trainer_keys(trainer, node_name)
+        if keys is None or node_name not in upstream:
+            continue
+        for key, default in upstream[node_name].items():
+            if key not in keys and cfg.TRAINER[node_name][key] != default:
+                unread.append((node_name, key, cfg.TRAINER[node_name][key]))
+    return unread
 
 
 def _lookup(node, dotted_key):
