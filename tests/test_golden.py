@@ -29,7 +29,9 @@ TENSOR_RTOL, TENSOR_ATOL = 1e-3, 1e-5
 TRAINING_CASES = {
     "CoOp": ("CoOp", "CoOp/vit_b16_ep50.yaml", ()),
     "KgCoOp": ("KgCoOp", "KgCoOp/vit_b16_ep100_ctxv1.yaml", ()),
+    "CoCoOp": ("CoCoOp", "CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml", ()),
     "IVLP": ("IVLP", "IVLP/vit_b16_c2_ep20_batch4_4+4ctx.yaml", ()),
+    "MaPLe": ("MaPLe", "MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml", ()),
     "PromptSRC": ("PromptSRC", "PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml",
                   ("TRAINER.PROMPTSRC.GPA_MEAN", "1.0")),  # both epochs weigh in the aggregate
     "DropoutPrompt": ("DropoutPrompt", "DropoutPrompt/vit_b16_c2_ep20_batch4_4+4ctx.yaml", ()),

@@ -24,7 +24,7 @@ from helpers import run_script, script_env, tiny_config
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO / "scripts"
 
-METHOD_DIRS = ("dpl", "coop", "kgcoop", "promptsrc", "ivlp", "zsclip")
+METHOD_DIRS = ("dpl", "coop", "cocoop", "kgcoop", "promptsrc", "ivlp", "maple", "zsclip")
 TRAINED_METHODS = METHOD_DIRS[:-1]
 TRAINER_SCRIPTS = ("base2new_train.sh", "base2new_test.sh", "xd_train.sh", "xd_test.sh", "few_shot.sh",
                    "long_tail.sh", "long_tail_test.sh")

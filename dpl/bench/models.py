@@ -36,8 +36,10 @@ ARCHITECTURES = tuple(RANDOM_ARCHITECTURES) + NAMED_ARCHITECTURES
 TRAINER_CONFIGS = {
     "ZeroshotCLIP": "ZeroshotCLIP/vit_b16.yaml",
     "CoOp": "CoOp/vit_b16_ctxv1.yaml",
+    "CoCoOp": "CoCoOp/vit_b16_c4_ep10_batch1_ctxv1.yaml",
     "KgCoOp": "KgCoOp/vit_b16_ep100_ctxv1.yaml",
     "IVLP": "IVLP/vit_b16_c2_ep20_batch4_4+4ctx.yaml",
+    "MaPLe": "MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml",
     "PromptSRC": "PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml",
     "DropoutPrompt": "DropoutPrompt/vit_b16_c2_ep20_batch4_4+4ctx.yaml",
 }
