@@ -189,13 +189,20 @@ def test_both_clip_packages_in_one_process(tmp_path):
         assert theirs.__file__.startswith({str(CHECKOUT)!r}), theirs.__file__
         assert "site-packages" in ours.clip.__file__ and ours.clip is not theirs
         assert hasattr(ours.clip.model, "VisionTransformer") and not hasattr(theirs, "VisionTransformer")
-        # the vendored clip gets this project's weights: pocket by name, MODEL.BACKBONE.PATH when set
-        assert theirs_module._download(theirs_module._MODELS["pocket"]) == str(POCKET_PATH)
-        class Backbone: PATH = {str(POCKET_PATH)!r}
+        # the vendored clip gets this project's weights: pocket by name (a dense copy of the compact file, which
+        # upstream build_model cannot read), MODEL.BACKBONE.PATH when set
+        import torch
+        from dpl.clip.weights import clip_cache_dir, read_clip_state_dict
+        dense = theirs_module._download(theirs_module._MODELS["pocket"], os.path.expanduser("~/.cache/clip"))
+        assert os.path.dirname(dense) == str(clip_cache_dir()), dense
+        copy, original = torch.load(dense, weights_only=True), read_clip_state_dict(POCKET_PATH)
+        assert copy.keys() == original.keys() and all(torch.equal(copy[k], original[k]) for k in copy)
+        assert not any(t.is_sparse for t in copy.values())
+        class Backbone: PATH = dense
         class Model: BACKBONE = Backbone
         class Cfg: MODEL = Model
         LOADED.weights.configure(Cfg)
-        assert theirs_module._download(theirs_module._MODELS["ViT-B/16"]) == {str(POCKET_PATH)!r}
+        assert theirs_module._download(theirs_module._MODELS["ViT-B/16"]) == dense
         # our loader still builds from OpenAI's package
         from dpl.clip.weights import load_clip_with_info
         model, info = load_clip_with_info("pocket")
@@ -203,7 +210,7 @@ def test_both_clip_packages_in_one_process(tmp_path):
         # the checkout's datasets/ is private: Hugging Face's name stays free
         assert "datasets" not in sys.modules or not getattr(sys.modules["datasets"], "__file__", "").startswith({str(CHECKOUT)!r})
         print("ok")
-    """, cwd=tmp_path)
+    """, cwd=tmp_path, env={"DPL_CLIP_CACHE": str(tmp_path / "clip_cache")})
     assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
@@ -388,6 +395,8 @@ def test_a_checkout_run_by_the_scripts_lands_in_the_same_table(tmp_path, dtd_roo
         for script in ("base2new_train.sh", "base2new_test.sh"):
             proc = run_script(f"coop/{script}", "dtd", 1, env=env, cwd=tmp_path)
             assert proc.returncode == 0, f"{script}:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    again = run_script("coop/base2new_train.sh", "dtd", 1, env=theirs, cwd=tmp_path)  # planned with the plugin
+    assert again.returncode == 0 and "Skip: the run in " in again.stdout, again.stdout[-2000:] + again.stderr
     table = subprocess.run([sys.executable, str(PROJECT_ROOT / "parse_results.py"), "--protocol", "base2new",
                             str(out / "base2new"), "--format", "json"], capture_output=True, text=True)
     assert table.returncode == 0, table.stderr

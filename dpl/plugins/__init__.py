@@ -191,9 +191,23 @@ def _serve_vendored(root, names):
 
 
 def configure_run(cfg):
-    """The run's settings plugins need (the weights file their ``clip`` loads); returns the notes to log."""
+    """The run's settings plugins need (the weights file their ``clip`` loads); returns the notes to log: the
+    plugins loaded, one line each for the run's trainer and dataset when a plugin replaced ours, and one line
+    naming every other replaced name."""
+    from dpl.data.datasets import DATASET_REGISTRY
+    from dpl.engine import TRAINER_REGISTRY
+
     LOADED.weights.configure(cfg)
-    return list(LOADED.notes)
+    used = {TRAINER_REGISTRY: cfg.TRAINER.NAME, DATASET_REGISTRY: cfg.DATASET.NAME}
+    notes = list(LOADED.notes)
+    for registry, name in used.items():
+        notes += registry.override_notes([name])
+    others = [f"{kind} {', '.join(sorted(n for n in registry.overrides if n != used[registry]))}"
+              for kind, registry in (("trainers", TRAINER_REGISTRY), ("datasets", DATASET_REGISTRY))
+              if set(registry.overrides) - {used[registry]}]
+    if others:
+        notes.append(f"Plugins also replace the project's {'; '.join(others)} (not used by this run)")
+    return notes
 
 
 # A CUDA call on a machine without a usable GPU ("Torch not compiled with CUDA enabled", "Found no NVIDIA

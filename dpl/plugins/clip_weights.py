@@ -5,12 +5,20 @@ Upstream trainers load CLIP with ``clip._download(clip._MODELS[MODEL.BACKBONE.NA
 ``clip`` module is imported, ``adapt_vendored_clip`` adds this project's backbone names to its ``_MODELS``
 (the pocket model as a ``file://`` URL) and replaces its ``_download`` with ``resolve_clip_weights``: the
 run's ``MODEL.BACKBONE.PATH`` when set, else the checked cache file, exactly what our trainers load.
+
+The pocket model is stored compactly (a sparse token embedding) that upstream ``build_model`` cannot copy;
+plugins get a dense copy of the same weights, written once next to the weight cache.
 """
 import functools
+from pathlib import Path
+
+import torch
 
 from dpl.clip.package import MODEL_URLS
-from dpl.clip.weights import POCKET_NAME, POCKET_PATH, resolve_clip_weights
+from dpl.clip.weights import (POCKET_NAME, POCKET_PATH, clip_cache_dir, read_clip_state_dict, resolve_clip_weights,
+                              weights_sha256)
 from dpl.utils.errors import UserError
+from dpl.utils.tools import atomic_open
 
 
 class RunWeights:
@@ -43,10 +51,22 @@ def download_for_plugin(models, run_weights, url, root=None, *args, **kwargs):
     """What a plugin's ``_download(url[, root])`` returns here: the path of the weights file (never a download
     when the file is at ``MODEL.BACKBONE.PATH`` or in the cache; ``root`` is ignored)."""
     if run_weights.path:
-        return str(resolve_clip_weights("", run_weights.path))
+        return str(dense_weights(resolve_clip_weights("", run_weights.path)))
     names = [name for name, known in models.items() if known == url]
     name = next((name for name in names if name in backbone_urls()), None)
     if name is None:
         raise UserError(f"A plugin asked its clip package for weights at {url}, which is no backbone this project "
                         "knows; set MODEL.BACKBONE.PATH to the weights file")
-    return str(resolve_clip_weights(name))
+    return str(dense_weights(resolve_clip_weights(name)))
+
+
+def dense_weights(path):
+    """``path``, or for the compact pocket file a dense copy of it (``<clip cache>/pocket-<sha12>-dense.pt``)."""
+    if Path(path).resolve() != POCKET_PATH.resolve():
+        return path
+    dense = clip_cache_dir() / f"{POCKET_NAME}-{weights_sha256(POCKET_NAME)[:12]}-dense.pt"
+    if not dense.is_file():
+        dense.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(dense, "wb") as f:
+            torch.save(read_clip_state_dict(path), f)
+    return dense

@@ -32,8 +32,6 @@ from dpl.engine import (
     configure_determinism,
     extend_cfg_for_all_trainers,
 )
-from dpl.data.datasets import DATASET_REGISTRY
-from dpl.engine import TRAINER_REGISTRY
 from dpl.engine.build import check_trainer_nodes
 from dpl.plugins import configure_run, gpu_required_line, load_plugins, plugin_paths
 from dpl.results import identity as run_identity
@@ -196,8 +194,7 @@ def main(args, cfg=None, stops=None):
 
     with claim:  # the lock before the logger: a refused run must not write into the active run's log
         setup_logger(cfg.OUTPUT_DIR)
-        notes = configure_run(cfg) + TRAINER_REGISTRY.override_notes() + DATASET_REGISTRY.override_notes()
-        for note in notes + check_trainer_nodes(cfg) + claim.notes:
+        for note in configure_run(cfg) + check_trainer_nodes(cfg) + claim.notes:
             print(note)
         if cfg.SEED >= 0:
             print(f"Setting fixed seed: {cfg.SEED}")

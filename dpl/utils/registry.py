@@ -39,10 +39,10 @@ class Registry:
             return
         raise KeyError(f'An object named "{name}" was already registered in "{self._name}" registry')
 
-    def override_notes(self):
-        """One line per name whose class is not the project's (or an earlier plugin's), for the run's log."""
+    def override_notes(self, names):
+        """One line per name of ``names`` whose class is not the project's (or an earlier plugin's), for the log."""
         return [f"{self._name.capitalize()} {name}: using {describe_origin(used)}, which replaces "
-                f"{describe_origin(displaced)}" for name, (used, displaced) in self.overrides.items()]
+                f"{describe_origin(displaced)}" for name, (used, displaced) in self.overrides.items() if name in names]
 
     def register(self, obj=None, force=False):
         if obj is None:
