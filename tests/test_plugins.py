@@ -93,7 +93,7 @@ def test_checkout_trains_and_evaluates_unchanged(tmp_path, dtd_root, upstream_we
                  cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = (new / "log.txt").read_text()
-    assert "Loading weights to prompt_learner from" in log and "* accuracy: " in log
+    assert "upstream load_model: prompt_learner <- " in log and "(epoch 2)" in log and "* accuracy: " in log
     assert {path: path.read_bytes() for path in CHECKOUT.rglob("*.py")} == before  # no edit to its files
 
 
