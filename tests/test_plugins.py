@@ -16,7 +16,6 @@ import textwrap
 import pytest
 import torch
 
-from dpl.clip.weights import POCKET_PATH
 from dpl.data.datasets.datum import Datum
 from dpl.data.datasets.fewshot_cache import read_upstream_cache
 from dpl.project import PROJECT_ROOT

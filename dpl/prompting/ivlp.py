@@ -62,6 +62,25 @@ class DeepPromptSettings:
         return dataclasses.replace(self, prompt_depth_text=depth_text, prompt_depth_vision=depth_vision)
 
 
+def layer0_text_context(clip_model, classnames, n_ctx, ctx_init):
+    """``(ClassPromptBuffers, ctx [n_ctx, D_text] fp32 Parameter)``: the context after SOS of every class prompt.
+
+    Initialised from the first ``n_ctx`` tokens of ``ctx_init`` when it has that many (the prompt text is then
+    ``"<ctx_init> {class}."``, its remaining words fixed tokens), else ``N(0, 0.02^2)`` with ``"X .. X {class}."``.
+    Logs the initial context.
+    """
+    arch = clip_architecture(clip_model)
+    ctx_init = class_text(ctx_init or "").strip()
+    use_init = bool(ctx_init) and n_ctx <= len(bpe_ids(ctx_init))
+    class_prompts = build_class_prompts(clip_model, classnames, n_ctx, ctx_init if use_init else "")
+    if use_init:
+        ctx = nn.Parameter(class_prompts.ctx_vectors.clone().float())
+    else:
+        ctx = _random_prompts(n_ctx, arch.text_width, device=class_prompts.prefix.device)
+    print(f'Initial text context: "{ctx_init if use_init else " ".join(["X"] * n_ctx)}"')
+    return ClassPromptBuffers(class_prompts), ctx
+
+
 class IVLPPromptLearner(nn.Module):
     """Independent text and vision deep prompts (all learnable tensors fp32).
 
@@ -80,22 +99,14 @@ class IVLPPromptLearner(nn.Module):
         if depth_text > arch.text_layers or (arch.is_vit and depth_vision > arch.vision_layers):
             raise ValueError(f"prompt depths {depth_text}/{depth_vision} exceed this CLIP's layers: fit the "
                              "settings to the backbone first (DeepPromptSettings.fitted_to)")
-        ctx_init = class_text(settings.ctx_init or "").strip()
-        use_init = bool(ctx_init) and n_ctx_text <= len(bpe_ids(ctx_init))
-        class_prompts = build_class_prompts(clip_model, classnames, n_ctx_text, ctx_init if use_init else "")
-        self.prompts = ClassPromptBuffers(class_prompts)
-        device = class_prompts.prefix.device
-        if use_init:
-            self.ctx = nn.Parameter(class_prompts.ctx_vectors.clone().float())
-        else:
-            self.ctx = _random_prompts(n_ctx_text, arch.text_width, device=device)
+        self.prompts, self.ctx = layer0_text_context(clip_model, classnames, n_ctx_text, settings.ctx_init)
+        device = self.ctx.device
         self.deep_text = (
             _random_prompts(depth_text - 1, n_ctx_text, arch.text_width, device=device) if depth_text > 1 else None
         )
         self.vision = None
         if arch.is_vit and n_ctx_vision > 0 and depth_vision > 0:
             self.vision = _random_prompts(depth_vision, n_ctx_vision, arch.vision_width, device=device)
-        print(f'Initial text context: "{ctx_init if use_init else " ".join(["X"] * n_ctx_text)}"')
         print(f"Text prompts: {n_ctx_text} tokens x depth {depth_text}; vision prompts: "
               f"{0 if self.vision is None else n_ctx_vision} tokens x depth "
               f"{0 if self.vision is None else self.vision.shape[0]}")

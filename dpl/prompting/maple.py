@@ -14,11 +14,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dpl.clip import build_class_prompts, clip_architecture
-from dpl.clip.text import bpe_ids, class_text
+from dpl.clip import clip_architecture
 
-from .base import ClassPromptBuffers, ClipPromptModel, clamp_depth
-from .ivlp import IVLPModel, _random_prompts
+from .base import ClipPromptModel, clamp_depth
+from .ivlp import IVLPModel, _random_prompts, layer0_text_context
 from .settings import require
 
 VIT_ONLY_REASON = ("MaPLe's vision prompts are projections of its text prompts and need a ViT backbone (this CLIP "
@@ -69,15 +68,8 @@ class MaPLePromptLearner(nn.Module):
         if depth > min(arch.text_layers, arch.vision_layers):
             raise ValueError(f"prompt depth {depth} exceeds this CLIP's layers: fit the settings to the backbone "
                              "first (MaPLeSettings.fitted_to)")
-        ctx_init = class_text(settings.ctx_init or "").strip()
-        use_init = bool(ctx_init) and n_ctx <= len(bpe_ids(ctx_init))
-        class_prompts = build_class_prompts(clip_model, classnames, n_ctx, ctx_init if use_init else "")
-        self.prompts = ClassPromptBuffers(class_prompts)
-        device = class_prompts.prefix.device
-        if use_init:
-            self.ctx = nn.Parameter(class_prompts.ctx_vectors.clone().float())
-        else:
-            self.ctx = _random_prompts(n_ctx, arch.text_width, device=device)
+        self.prompts, self.ctx = layer0_text_context(clip_model, classnames, n_ctx, settings.ctx_init)
+        device = self.ctx.device
         self.proj = nn.Linear(arch.text_width, arch.vision_width, device=device)
         self.compound_prompts_text = (
             _random_prompts(depth - 1, n_ctx, arch.text_width, device=device) if depth > 1 else None
@@ -85,7 +77,6 @@ class MaPLePromptLearner(nn.Module):
         # One initialisation copied to every deeper layer (the method's choice); each copy then trains alone.
         layer = nn.Linear(arch.text_width, arch.vision_width, device=device)
         self.compound_prompt_projections = nn.ModuleList(copy.deepcopy(layer) for _ in range(depth - 1))
-        print(f'Initial text context: "{ctx_init if use_init else " ".join(["X"] * n_ctx)}"')
         print(f"MaPLe prompts: {n_ctx} tokens x depth {depth}, vision prompts projected "
               f"{arch.text_width} -> {arch.vision_width}")
 
