@@ -474,6 +474,10 @@ DOC_QUOTES = [
     "the console", "Could not save the few-shot sample to ", "make room and run the same command again to continue",
     # config hygiene
     " would be ignored; ", " has no such setting", " learns no prompts: ",
+    # plugins
+    "a plugin file must be a .py file", ": no such file or folder", "the folder has neither trainers/ nor datasets/",
+    " needs a GPU: ", "which this machine does not have (", " does not read ",
+    "the key is there for upstream repositories' trainers", "disagree: set one of them",
     # images
     "images cannot be read, e.g.", "and replace them from the original dataset archive",
     "images: all readable", "UNREADABLE IMAGES", "complete, all images readable",
