@@ -50,9 +50,9 @@ class Plugin:
     vendored: tuple  # top-level packages it provides under their own names (e.g. ("clip",))
 
     def owns(self, module_name):
-        return module_name == self.package or module_name.startswith(self.package + "_") \
-            or module_name.startswith(self.package + ".") \
-            or any(module_name == name or module_name.startswith(name + ".") for name in self.vendored)
+        """Whether ``module_name`` is one of its modules: its files' private names or a vendored package's."""
+        top = module_name.split(".")[0]
+        return top == self.package or top.startswith(self.package + "_") or top in self.vendored
 
 
 class PluginSet:
