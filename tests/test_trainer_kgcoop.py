@@ -120,6 +120,22 @@ def test_the_same_kgcoop_setting_on_both_nodes_must_agree(tmp_path):
 
     with pytest.raises(UserError, match=r"TRAINER.KGCOOP.W = 2.0 and TRAINER.COOP.W = 4.0 .* disagree"):
         _kgcoop_settings(tmp_path, "TRAINER.KGCOOP.W", "2", "TRAINER.COOP.W", "4")
+    with pytest.raises(UserError, match=r"TRAINER.KGCOOP.CTX_INIT = 'a photo of a' and TRAINER.COOP.CTX_INIT = ''"):
+        _kgcoop_settings(tmp_path, "TRAINER.KGCOOP.CTX_INIT", "a photo of a", "TRAINER.COOP.CTX_INIT", "False")
+
+
+def test_an_upstream_value_equal_to_upstreams_default_is_still_read_and_identified(tmp_path):
+    from dpl.results.identity import run_identity
+
+    _, explicit_one = _kgcoop_settings(tmp_path, "TRAINER.COOP.W", "1.0")  # upstream's code default, said aloud
+    assert explicit_one.w == 1.0
+
+    def identity(*argv):
+        cfg, _ = _kgcoop_settings(tmp_path, "MODEL.BACKBONE.NAME", "pocket", *argv)
+        return run_identity(cfg)["config"]
+
+    assert identity("TRAINER.COOP.W", "8.0") == identity("TRAINER.KGCOOP.W", "8.0") == identity()
+    assert identity("TRAINER.COOP.W", "1.0") == identity("TRAINER.KGCOOP.W", "1.0") != identity()
 
 
 def test_an_upstream_kgcoop_run_trains_here(tmp_path, tiny_clip_path):
@@ -129,4 +145,6 @@ def test_an_upstream_kgcoop_run_trains_here(tmp_path, tiny_clip_path):
                              "--config-file", str(config), UPSTREAM_KGCOOP_OPTS, train_opts(epochs=1))
     assert code == 0, log[-2000:]
     assert 'Initial context: "a photo of a"' in log
+    assert "KgCoOp reads upstream names as its own: TRAINER.COOP.N_CTX -> TRAINER.KGCOOP.N_CTX = 4, " in log
+    assert "TRAINER.COOP.W -> TRAINER.KGCOOP.W = 8.0" in log
     assert "loss_kg" in log

@@ -10,7 +10,7 @@ published KgCoOp run (upstream's code default is 1.0 but its scripts pass 8.0); 
 come from the same frozen CLIP (no second copy) and are a non-persistent buffer.
 
 Upstream KgCoOp's YAML files and scripts set ``TRAINER.COOP.*`` (``CTX_INIT: True``, ``W 8.0``): a value
-set there is read as if set on ``TRAINER.KGCOOP`` (``kgcoop_node``), with KgCoOp's meaning of a bool
+set there is read as if set on ``TRAINER.KGCOOP`` (``UPSTREAM_ALIASES``), with KgCoOp's meaning of a bool
 ``CTX_INIT`` (``dpl.config.upstream``).
 """
 from dataclasses import dataclass
@@ -18,34 +18,14 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 
 from dpl.clip import dataset_template
-from dpl.config.upstream import UPSTREAM_TRAINER_NODES
-from dpl.engine import TRAINER_REGISTRY, UserError
+from dpl.engine import TRAINER_REGISTRY
 from dpl.prompting import COOP_DEFAULTS, ClipPromptTrainer, ContextSettings, CoOpModel, add_trainer_node, require
 
 KGCOOP_DEFAULTS = dict(COOP_DEFAULTS, W=8.0)
 COSINE_EPS = 1e-07
-UPSTREAM_NODE = "COOP"  # where upstream KgCoOp's configs put its settings
+# Upstream KgCoOp's configs and scripts put its settings on TRAINER.COOP (with its default W 1.0); a value they
+# set is read as ours (dpl.engine.build.adopt_upstream_settings).
 UPSTREAM_KEYS = ("N_CTX", "CSC", "CTX_INIT", "PREC", "CLASS_TOKEN_POSITION", "W")
-
-
-def kgcoop_node(cfg):
-    """``TRAINER.KGCOOP`` with the values upstream-style configs set on ``TRAINER.COOP`` (non-default ones).
-
-    The same setting given two different values, one on each node, is a ``UserError``.
-    """
-    node = cfg.TRAINER.KGCOOP.clone()
-    node.defrost()
-    upstream_defaults = UPSTREAM_TRAINER_NODES[UPSTREAM_NODE]
-    for key in UPSTREAM_KEYS:
-        value = cfg.TRAINER[UPSTREAM_NODE][key]
-        if value == upstream_defaults[key]:
-            continue
-        if node[key] not in (KGCOOP_DEFAULTS[key], value):
-            raise UserError(f"TRAINER.KGCOOP.{key} = {node[key]!r} and TRAINER.COOP.{key} = {value!r} (upstream "
-                            "KgCoOp's name of the same setting) disagree: set one of them")
-        node[key] = type(KGCOOP_DEFAULTS[key])(value)
-    node.freeze()
-    return node
 
 
 def knowledge_guidance_loss(text_features, frozen_text_features):
@@ -85,22 +65,11 @@ class KgCoOp(ClipPromptTrainer):
     CFG_NODE = "KGCOOP"
     MODEL_NAME = "prompt_learner"
     SETTINGS = KgCoOpSettings
+    UPSTREAM_ALIASES = {f"TRAINER.COOP.{key}": f"TRAINER.KGCOOP.{key}" for key in UPSTREAM_KEYS}
 
     @classmethod
     def extend_cfg(cls, cfg):
         add_trainer_node(cfg, "KGCOOP", KGCOOP_DEFAULTS)
-
-    @classmethod
-    def config_nodes(cls):
-        return (cls.CFG_NODE, UPSTREAM_NODE)
-
-    @classmethod
-    def node_of(cls, cfg):
-        return kgcoop_node(cfg)
-
-    @classmethod
-    def config_keys(cls, node_name):
-        return UPSTREAM_KEYS if node_name == UPSTREAM_NODE else None
 
     def build_clip_model(self, clip_model, classnames):
         template = dataset_template(self.cfg.DATASET.NAME)

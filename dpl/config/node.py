@@ -27,19 +27,45 @@ def int_as_float(value, original):
     return value
 
 
+MERGED_KEYS = "_merged_keys"  # instance attribute (kept by clone(), like yacs' own flags)
+
+
+def leaf_keys(node, prefix=""):
+    """The dotted names of ``node``'s leaves."""
+    for key, value in node.items():
+        if isinstance(value, dict):
+            yield from leaf_keys(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
+
+
 class CfgNode(YacsCfgNode):
     """A yacs ``CfgNode`` whose merges accept an integer for a float key (it becomes that float).
 
-    Nested dicts become this class too (yacs builds children with ``cls``), and ``clone()`` keeps it.
+    Nested dicts become this class too (yacs builds children with ``cls``), and ``clone()`` keeps it. The
+    node remembers which keys YAML files and option lists merged into it (``merged_keys``), so a value that
+    equals its default can still be told from one nobody set.
     """
+
+    def merged_keys(self):
+        """Dotted names of every key merged into this node by ``merge_from_file/other_cfg/list``."""
+        return frozenset(self.__dict__.get(MERGED_KEYS, ()))
+
+    def _record_merged(self, keys):
+        self.__dict__.setdefault(MERGED_KEYS, set()).update(keys)
 
     def merge_from_other_cfg(self, cfg_other):
         if isinstance(cfg_other, YacsCfgNode):
             cfg_other = cfg_other.clone()
             self._coerce_tree(cfg_other, self)
         super().merge_from_other_cfg(cfg_other)
+        self._record_merged(leaf_keys(cfg_other))
 
     def merge_from_list(self, cfg_list):
+        self._merge_from_list(cfg_list)
+        self._record_merged(str(key) for key in list(cfg_list)[0::2])
+
+    def _merge_from_list(self, cfg_list):
         cfg_list = list(cfg_list)
         for index in range(0, len(cfg_list) - 1, 2):
             original = self._existing_value(cfg_list[index])

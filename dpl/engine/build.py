@@ -1,5 +1,5 @@
 """``TRAINER_REGISTRY``, ``build_trainer`` and the per-trainer config nodes (``extend_cfg``, checks)."""
-from dpl.config.upstream import add_upstream_nodes
+from dpl.config.upstream import UPSTREAM_TRAINER_KEYS, add_upstream_nodes
 from dpl.project import broken_leaves_note, import_project_modules
 from dpl.utils.registry import Registry, check_availability
 
@@ -26,17 +26,18 @@ def build_trainer(cfg):
 
 
 def extend_cfg_for_all_trainers(cfg):
-    """Add every registered trainer's config node to ``cfg`` (before any YAML is merged).
+    """Add every trainer's config node to ``cfg`` (before any YAML is merged).
 
-    Calls the ``extend_cfg(cfg)`` classmethod of each registered trainer class that defines one
-    itself (an inherited ``extend_cfg`` is called once, for the class that defines it), in
-    registration order, then adds the nodes upstream ``train.py`` files define that are still missing
-    (``dpl.config.upstream``), for plugins and upstream YAML files. ``cfg`` must not be frozen.
+    Calls the ``extend_cfg(cfg)`` classmethod of each registered trainer class that defines one itself (an
+    inherited ``extend_cfg`` is called once, for the class that defines it), in registration order, then of
+    the classes a plugin replaced (upstream files still set their nodes), then adds the keys only upstream
+    ``train.py`` files define (``dpl.config.upstream``). ``cfg`` must not be frozen.
     """
     import_project_modules()
     called = set()
-    for name in TRAINER_REGISTRY.registered_names():
-        for klass in TRAINER_REGISTRY.get(name).__mro__:
+    trainers = [TRAINER_REGISTRY.get(name) for name in TRAINER_REGISTRY.registered_names()]
+    for trainer in trainers + TRAINER_REGISTRY.displaced:
+        for klass in getattr(trainer, "__mro__", ()):
             if "extend_cfg" in klass.__dict__ and klass not in called:
                 called.add(klass)
                 klass.extend_cfg(cfg)
@@ -66,12 +67,14 @@ def check_trainer_nodes(cfg):
     own_nodes = trainer.config_nodes()
     if own_nodes is None:
         return []
-    ignored = _foreign_settings(cfg, own_nodes)
+    adopted = adopted_upstream_settings(cfg, trainer)
+    notes = [_adopted_note(name, cfg, adopted)] if adopted else []
+    ignored = [s for s in _foreign_settings(cfg, own_nodes) if f"TRAINER.{s[0]}.{s[1]}" not in adopted]
     unread = _unread_upstream_settings(cfg, trainer, own_nodes)
     if not ignored and not unread:
-        return []
+        return notes
     if trainer.TRAINING_FREE:
-        return [_training_free_note(name, ignored + unread)]
+        return notes + [_training_free_note(name, ignored + unread)]
     if ignored:
         raise UserError(_foreign_settings_message(cfg, name, own_nodes, ignored))
     settings = ", ".join(_setting(node_name, key, value) for node_name, key, value in unread)
@@ -79,13 +82,41 @@ def check_trainer_nodes(cfg):
                     "(dpl.config.upstream); remove it, or select the trainer that reads it")
 
 
+def adopted_upstream_settings(cfg, trainer):
+    """``{upstream key: own key}`` of the trainer's ``UPSTREAM_ALIASES`` whose upstream key a config file or option
+    set (``CfgNode.merged_keys``)."""
+    merged = cfg.merged_keys() if hasattr(cfg, "merged_keys") else frozenset()
+    return {source: target for source, target in getattr(trainer, "UPSTREAM_ALIASES", {}).items() if source in merged}
+
+
+def adopt_upstream_settings(cfg):
+    """Copy values set under upstream names into the selected trainer's own keys (``cfg`` not frozen).
+
+    E.g. upstream KgCoOp's configs and scripts set ``TRAINER.COOP.W``; our KgCoOp reads ``TRAINER.KGCOOP.W``.
+    The value lands where the trainer reads it, so the run identity records it there, whichever name was
+    used. The same setting given two different values under both names is a ``UserError``.
+    """
+    name = cfg.TRAINER.NAME
+    if name not in TRAINER_REGISTRY:
+        return
+    merged = cfg.merged_keys() if hasattr(cfg, "merged_keys") else frozenset()
+    for source, target in adopted_upstream_settings(cfg, TRAINER_REGISTRY.get(name)).items():
+        value, own = _lookup(cfg, source), _lookup(cfg, target)
+        if target in merged and own != value:
+            raise UserError(f"{target} = {own!r} and {source} = {value!r} (upstream's name of the same setting) "
+                            "disagree: set one of them")
+        node_name, _, key = target.rpartition(".")
+        _lookup(cfg, node_name)[key] = type(own)(value)
+
+
+def _adopted_note(trainer_name, cfg, adopted):
+    moved = ", ".join(f"{source} -> {target} = {_lookup(cfg, target)!r}" for source, target in adopted.items())
+    return f"{trainer_name} reads upstream names as its own: {moved}"
+
+
 def _trainer_keys(trainer, node_name):
-    """The keys of ``TRAINER.<node_name>`` that ``trainer`` reads: ``trainer.config_keys(node_name)`` if it says,
-    else those its own ``extend_cfg`` defines (all keys when it defines no such node)."""
-    declared = getattr(trainer, "config_keys", None)
-    keys = declared(node_name) if declared is not None else None
-    if keys is not None:
-        return set(keys)
+    """The keys of ``TRAINER.<node_name>`` that ``trainer`` reads: those its own ``extend_cfg`` defines (None when
+    it defines no such node: then all)."""
     from dpl.config import get_cfg_default
 
     own = get_cfg_default()
@@ -97,13 +128,12 @@ def _trainer_keys(trainer, node_name):
 def _unread_upstream_settings(cfg, trainer, own_nodes):
     """``[(node, key, value)]``: keys set on the trainer's own nodes that only upstream files define (e.g.
     KgCoOp's ``TRAINER.COOP.W`` for CoOp), which the trainer would ignore."""
-    upstream = add_upstream_nodes(type(cfg)({"TRAINER": type(cfg)()})).TRAINER
     unread = []
     for node_name in own_nodes:
         keys = _trainer_keys(trainer, node_name)
-        if keys is None or node_name not in upstream:
+        if keys is None or node_name not in UPSTREAM_TRAINER_KEYS:
             continue
-        for key, default in upstream[node_name].items():
+        for key, default in UPSTREAM_TRAINER_KEYS[node_name].items():
             if key not in keys and cfg.TRAINER[node_name][key] != default:
                 unread.append((node_name, key, cfg.TRAINER[node_name][key]))
     return unread

@@ -78,6 +78,11 @@ class TrainerBase:
     # cannot change its run, so they are a logged note rather than a config error.
     TRAINING_FREE = False
 
+    # ``{upstream key: own key}``: settings that upstream configs of the same method write under another name
+    # (e.g. KgCoOp's ``TRAINER.COOP.W`` for ``TRAINER.KGCOOP.W``); train.py copies what they set
+    # (``dpl.engine.build.adopt_upstream_settings``).
+    UPSTREAM_ALIASES = {}
+
     @classmethod
     def config_nodes(cls):
         """The ``cfg.TRAINER`` node names this trainer reads (e.g. ``("COOP",)``), or None if undeclared.

@@ -32,7 +32,7 @@ from dpl.engine import (
     configure_determinism,
     extend_cfg_for_all_trainers,
 )
-from dpl.engine.build import check_trainer_nodes
+from dpl.engine.build import adopt_upstream_settings, check_trainer_nodes
 from dpl.plugins import configure_run, gpu_required_line, load_plugins, plugin_paths
 from dpl.results import identity as run_identity
 from dpl.results import runs as run_states
@@ -146,6 +146,7 @@ def setup_cfg(args):
         _merge_file(cfg, args.config_file, "--config-file")
     reset_cfg(cfg, args)
     cfg.merge_from_list(args.opts or [])
+    adopt_upstream_settings(cfg)  # values set under upstream names, where the trainer reads them
     check_trainer_nodes(cfg)  # refuses settings the trainer would ignore; main() logs the notes
     cfg.freeze()
     return cfg
