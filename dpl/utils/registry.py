@@ -24,6 +24,7 @@ class Registry:
         self._name = name
         self._obj_map = {}
         self.overrides = {}  # name -> (the object used, the object it displaced)
+        self.displaced = []  # every object that lost its name (its config node still exists: dpl.engine.build)
 
     def _do_register(self, name, obj, force=False):
         existing = self._obj_map.get(name)
@@ -32,9 +33,11 @@ class Registry:
             return
         if is_project_object(obj) and not is_project_object(existing):
             self.overrides[name] = (existing, obj)  # the user's class was imported first: it stays
+            self.displaced.append(obj)
             return
         if not is_project_object(obj) and (is_project_object(existing) or is_plugin_object(existing)):
             self.overrides[name] = (obj, existing)
+            self.displaced.append(existing)
             self._obj_map[name] = obj
             return
         raise KeyError(f'An object named "{name}" was already registered in "{self._name}" registry')
