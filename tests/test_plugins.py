@@ -83,8 +83,8 @@ def test_checkout_trains_and_evaluates_unchanged(tmp_path, dtd_root, upstream_we
     assert "epoch [2/2]" in log and "* accuracy: " in log
     assert (out / "prompt_learner" / "model.pth.tar-2").is_file()
     sources = json.loads((out / "results.json").read_text())["identity"]["sources"]
-    assert sources["trainer"]["plugin"] == str(CHECKOUT) and sources["dataset"]["plugin"] == str(CHECKOUT)
-    assert len(sources["trainer"]["sha256"]) == 64
+    assert sources["trainer"]["module"] == "trainers.coop" and sources["dataset"]["module"] == "datasets.dtd"
+    assert len(sources["trainer"]["sha256"]) == 64 and sources["dataset"]["sha256"] == sources["trainer"]["sha256"]
 
     new = tmp_path / "test_new"  # base -> new through the checkout's own load_model
     proc = train("--plugin", CHECKOUT, *upstream_args(dtd_root, new, upstream_weights, "--eval-only", "--model-dir",
@@ -169,6 +169,32 @@ def test_a_plugin_that_calls_cuda_without_a_gpu_is_one_line(tmp_path, dtd_root, 
     assert "needs_gpu.py:8 (self.model = torch.nn.Linear(2, 2).cuda()) uses CUDA" in lines[0]
 
 
+def test_plugin_paths_that_cannot_be_plugins_are_one_line_config_errors(tmp_path, dtd_root, upstream_weights):
+    fork = tmp_path / "fork"  # e.g. a fork of this project: its dpl/ must not replace ours
+    (fork / "trainers").mkdir(parents=True)
+    (fork / "dpl").mkdir()
+    (fork / "dpl" / "__init__.py").write_text("")
+    broken = tmp_path / "my.broken.plugin.py"
+    broken.write_text("raise RuntimeError('not today')\n")
+    for plugin, message in ((fork, f"Config error: --plugin {fork}: its package dpl/ would replace the dpl this "
+                                   "project runs on; "),
+                            (broken, f"Config error: --plugin {broken} failed to import (RuntimeError: not today)")):
+        proc = train("--plugin", plugin, *upstream_args(dtd_root, tmp_path / "out", upstream_weights), cwd=tmp_path)
+        assert proc.returncode == 2 and proc.stderr.startswith(message) and proc.stderr.count("\n") == 1, proc.stderr
+    assert not (tmp_path / "out").exists()
+
+    dotted = tmp_path / "my.textures.v2.py"  # a dotted file name is still one module
+    dotted.write_text("from dassl.data.datasets import DATASET_REGISTRY, DatasetBase\n\n"
+                      "@DATASET_REGISTRY.register()\nclass DottedTextures(DatasetBase):\n    pass\n")
+    proc = python(f"""
+        from dpl.plugins import load_plugins
+        from dpl.data.datasets import DATASET_REGISTRY
+        load_plugins([{str(dotted)!r}])
+        print(DATASET_REGISTRY.get("DottedTextures").__module__)
+    """, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip().startswith("dpl_plugin_my_textures_v2_"), proc.stderr
+
+
 # ----- the process a plugin runs in --------------------------------------------------------------
 def test_both_clip_packages_in_one_process(tmp_path):
     proc = python(f"""
@@ -197,11 +223,14 @@ def test_both_clip_packages_in_one_process(tmp_path):
         copy, original = torch.load(dense, weights_only=True), read_clip_state_dict(POCKET_PATH)
         assert copy.keys() == original.keys() and all(torch.equal(copy[k], original[k]) for k in copy)
         assert not any(t.is_sparse for t in copy.values())
-        class Backbone: PATH = dense
+        import shutil
+        student = shutil.copy(dense, "student.pt")
+        class Backbone: NAME, PATH = "ViT-B/16", os.path.abspath(student)
         class Model: BACKBONE = Backbone
         class Cfg: MODEL = Model
         LOADED.weights.configure(Cfg)
-        assert theirs_module._download(theirs_module._MODELS["ViT-B/16"]) == dense
+        assert theirs_module._download(theirs_module._MODELS["ViT-B/16"]) == os.path.abspath(student)
+        assert theirs_module._download(theirs_module._MODELS["pocket"]) == dense  # another backbone: not PATH
         # our loader still builds from OpenAI's package
         from dpl.clip.weights import load_clip_with_info
         model, info = load_clip_with_info("pocket")
@@ -232,6 +261,9 @@ def test_dassl_resolves_to_dpl_only_where_plugins_load(tmp_path):
         import dpl.engine, dpl.data.datasets
         assert TRAINER_REGISTRY is dpl.engine.TRAINER_REGISTRY and TrainerX is dpl.engine.TrainerX
         assert DatasetBase is dpl.data.datasets.DatasetBase
+        names = {}
+        exec("from dassl.utils import *", names)
+        assert "mkdir_if_missing" in names and "load_checkpoint" in names
         assert Datum.__module__ == "dassl.data.datasets.base_dataset" and issubclass(Datum, dpl.data.datasets.Datum)
         try:
             import dassl.modeling

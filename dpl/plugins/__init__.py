@@ -20,6 +20,7 @@ files, which becomes part of the run identity of a run whose trainer or dataset 
 import hashlib
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import os
 import re
 import sys
@@ -48,6 +49,12 @@ class Plugin:
     package: str  # the private module prefix of its files
     sha256: str  # of its Python files: the plugin's identity
     vendored: tuple  # top-level packages it provides under their own names (e.g. ("clip",))
+
+    def relative_module(self, module_name):
+        """``module_name`` as the plugin names it (``trainers.coop``, or its file's name), wherever it was loaded."""
+        if module_name == self.package:
+            return Path(self.path).name
+        return module_name[len(self.package) + 1:] if module_name.startswith(self.package + "_") else module_name
 
     def owns(self, module_name):
         """Whether ``module_name`` is one of its modules: its files' private names or a vendored package's."""
@@ -96,17 +103,19 @@ def load_plugin(path):
     if str(resolved) in LOADED.plugins:
         return LOADED.plugins[str(resolved)]
     files = _plugin_files(path, resolved)
-    sha256 = _files_sha256(resolved, files)
+    try:
+        sha256 = _files_sha256(resolved, files)
+    except OSError as err:
+        raise PluginError(f"--plugin {path}: cannot read {err.filename} ({err.strerror})") from err
     slug = re.sub(r"\W", "_", resolved.stem if resolved.is_file() else resolved.name)
     package = f"{PLUGIN_MODULE_PREFIX}{slug}_{sha256[:8]}"
-    vendored = () if resolved.is_file() else _vendored_packages(resolved)
+    vendored = () if resolved.is_file() else _vendored_packages(path, resolved)
     plugin = Plugin(str(resolved), package, sha256, vendored)
     LOADED.plugins[plugin.path] = plugin
     if vendored:
         _serve_vendored(resolved, vendored)
     if resolved.is_file():
-        alias_package(package, resolved.parent)
-        import_leaf(f"{package}.{resolved.stem}", resolved)
+        _import_file(package, resolved)
     else:
         for folder in LEAF_FOLDERS:
             if (resolved / folder).is_dir():
@@ -120,7 +129,21 @@ def load_plugin(path):
     return plugin
 
 
+def _import_file(module_name, path):
+    """A single-file plugin, as a module of its own: asked for by name, so an error in it is a ``PluginError``."""
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:  # a user's file may raise anything
+        del sys.modules[module_name]
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise PluginError(f"--plugin {path} failed to import ({type(exc).__name__}: {first})") from exc
+
+
 def _plugin_files(given, resolved):
+    """The files that make the plugin's code: the file, or a checkout's leaf folders and top-level packages."""
     if resolved.is_file():
         if resolved.suffix != ".py":
             raise PluginError(f"--plugin {given}: a plugin file must be a .py file")
@@ -130,7 +153,8 @@ def _plugin_files(given, resolved):
     if not any((resolved / folder).is_dir() for folder in LEAF_FOLDERS):
         raise PluginError(f"--plugin {given}: the folder has neither trainers/ nor datasets/; pass a .py file or "
                           "the root of a Dassl-style checkout")
-    return sorted(p for p in resolved.rglob("*.py") if "__pycache__" not in p.parts)
+    folders = [resolved / name for name in LEAF_FOLDERS + _package_names(resolved) if (resolved / name).is_dir()]
+    return sorted(p for folder in folders for p in folder.rglob("*.py") if "__pycache__" not in p.parts)
 
 
 def _files_sha256(root, files):
@@ -141,9 +165,26 @@ def _files_sha256(root, files):
     return digest.hexdigest()
 
 
-def _vendored_packages(root):
+def _package_names(root):
     return tuple(sorted(p.name for p in root.iterdir()
                         if p.is_dir() and p.name not in LEAF_FOLDERS and (p / "__init__.py").is_file()))
+
+
+# A checkout's package that would take the place of one this process runs on is refused: this project's own
+# library (a fork of the project runs from its own checkout), the dassl alias, or anything already imported.
+RESERVED_PACKAGES = ("dpl", "dassl")
+VENDORABLE = ("clip",)  # what checkouts vendor and dpl holds on to (dpl.clip.package)
+
+
+def _vendored_packages(given, root):
+    names = _package_names(root)
+    for name in names:
+        taken = name in RESERVED_PACKAGES or name.startswith("dpl_") or (name in sys.modules and name not in VENDORABLE)
+        if taken:
+            raise PluginError(f"--plugin {given}: its package {name}/ would replace the {name} this project runs on; "
+                              "a checkout is loaded for its trainers/ and datasets/ (and packages such as its own "
+                              "clip/), and a fork of this project runs from its own folder")
+    return names
 
 
 class VendoredFinder(importlib.abc.MetaPathFinder):

@@ -22,13 +22,13 @@ from dpl.utils.tools import atomic_open
 
 
 class RunWeights:
-    """The ``MODEL.BACKBONE.PATH`` of the run in this process (set once its config is final)."""
+    """The run's ``MODEL.BACKBONE`` ``NAME`` and ``PATH`` in this process (set once its config is final)."""
 
     def __init__(self):
-        self.path = ""
+        self.name, self.path = "", ""
 
     def configure(self, cfg):
-        self.path = cfg.MODEL.BACKBONE.PATH
+        self.name, self.path = cfg.MODEL.BACKBONE.NAME, cfg.MODEL.BACKBONE.PATH
 
 
 def backbone_urls():
@@ -48,12 +48,14 @@ def adapt_vendored_clip(module, run_weights):
 
 
 def download_for_plugin(models, run_weights, url, root=None, *args, **kwargs):
-    """What a plugin's ``_download(url[, root])`` returns here: the path of the weights file (never a download
-    when the file is at ``MODEL.BACKBONE.PATH`` or in the cache; ``root`` is ignored)."""
-    if run_weights.path:
-        return str(dense_weights(resolve_clip_weights("", run_weights.path)))
+    """What a plugin's ``_download(url[, root])`` returns here: the path of the weights file our trainers would
+    load, never a download when the file is in the cache. ``MODEL.BACKBONE.PATH`` stands for the run's backbone
+    (``MODEL.BACKBONE.NAME``) only: another backbone a plugin loads (a teacher) comes from the cache. ``root``
+    is ignored."""
     names = [name for name, known in models.items() if known == url]
     name = next((name for name in names if name in backbone_urls()), None)
+    if run_weights.path and (name is None or name == run_weights.name):
+        return str(dense_weights(resolve_clip_weights(run_weights.name, run_weights.path)))
     if name is None:
         raise UserError(f"A plugin asked its clip package for weights at {url}, which is no backbone this project "
                         "knows; set MODEL.BACKBONE.PATH to the weights file")

@@ -31,6 +31,8 @@ class DasslModule(types.ModuleType):
         self.__dict__["_dpl_module"] = target
 
     def __getattr__(self, attr):
+        if attr == "__all__":  # what `from dassl.X import *` takes
+            return getattr(self._dpl_module, "__all__", [n for n in dir(self._dpl_module) if not n.startswith("_")])
         if attr.startswith("__"):
             raise AttributeError(attr)
         return getattr(self._dpl_module, attr)

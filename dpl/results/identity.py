@@ -153,20 +153,20 @@ def default_config():
 
 
 def external_sources(cfg):
-    """``{"trainer"|"dataset": {"module", "sha256"[, "plugin"]}}`` for classes defined outside this project's
-    folders: the SHA-256 of the class's file, or of all the files of the plugin that provided it."""
+    """``{"trainer"|"dataset": {"module", "sha256"}}`` for classes defined outside this project's folders: the
+    SHA-256 of the class's file, or of all the files of the plugin that provided it (``dpl.plugins``)."""
     from dpl.data.datasets import DATASET_REGISTRY
     from dpl.project import PROJECT_ROOT
 
     sources = {}
-    plugins = sys.modules.get("dpl.plugins")  # loaded only when a run has plugins
+    plugins = sys.modules.get("dpl.plugins")  # absent where nothing could load a plugin (e.g. parse_results.py)
     for part, registry, name in (("trainer", None, cfg.TRAINER.NAME), ("dataset", DATASET_REGISTRY, cfg.DATASET.NAME)):
         cls = _selected_trainer_class(cfg) if registry is None else (
             registry.get(name) if name in registry.registered_names() else None)
         plugin = plugins.LOADED.plugin_of_module(cls.__module__) if plugins and cls is not None else None
         path = _module_file(cls)
-        if plugin is not None:  # all of its files (its vendored clip too) make the code that runs
-            sources[part] = {"module": cls.__module__, "plugin": plugin.path, "sha256": plugin.sha256}
+        if plugin is not None:  # all of its files (its vendored clip too) make the code that runs; not where it is
+            sources[part] = {"module": plugin.relative_module(cls.__module__), "sha256": plugin.sha256}
         elif path and not path.startswith(str(PROJECT_ROOT) + os.sep):
             with open(path, "rb") as f:
                 sources[part] = {"module": cls.__module__, "sha256": hashlib.sha256(f.read()).hexdigest()}

@@ -51,7 +51,7 @@ class Datum:
         return {"_impath": self._impath, "_label": self._label, "_domain": self._domain, "_classname": self._classname}
 
     def __setstate__(self, state):
-        if isinstance(state, tuple):  # written by earlier versions of this class
+        if isinstance(state, tuple):  # earlier versions pickled a tuple (upstream-style loaders running here did)
             state = dict(zip(("_impath", "_label", "_domain", "_classname"), state))
         self._impath, self._label = state["_impath"], state["_label"]
         self._domain, self._classname = state.get("_domain", 0), state.get("_classname", "")

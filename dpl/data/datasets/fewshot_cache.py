@@ -79,7 +79,7 @@ class _PickledDatum:
     def __setstate__(self, state):
         if isinstance(state, tuple) and len(state) == 2:  # (dict state, slots state)
             state = {**(state[0] or {}), **(state[1] or {})}
-        elif isinstance(state, tuple) and len(state) == 4:  # our Datum before it pickled Dassl's dict
+        elif isinstance(state, tuple) and len(state) == 4:  # our Datum, pickled by such a loader before this version
             state = dict(zip(("_impath", "_label", "_domain", "_classname"), state))
         self.state = state
 
@@ -95,8 +95,6 @@ class _UpstreamCacheUnpickler(pickle.Unpickler):
         ("dassl.data.datasets", "Datum"): _PickledDatum,
         # a Dassl-style loader that imported our Datum directly (``from dpl.data.datasets import Datum``)
         ("dpl.data.datasets.datum", "Datum"): _PickledDatum,
-        ("dpl.data.datasets.base_dataset", "Datum"): _PickledDatum,
-        ("dpl.data.datasets", "Datum"): _PickledDatum,
         ("copyreg", "_reconstructor"): None,  # protocols 0/1
         ("builtins", "object"): object,
         ("__builtin__", "object"): object,
