@@ -82,10 +82,15 @@ def check_trainer_nodes(cfg):
                     "(dpl.config.upstream); remove it, or select the trainer that reads it")
 
 
+def _merged_keys(cfg):
+    """What files and options set (``dpl.config.CfgNode.merged_keys``; nothing for a plain yacs node)."""
+    return cfg.merged_keys() if hasattr(cfg, "merged_keys") else frozenset()
+
+
 def adopted_upstream_settings(cfg, trainer):
     """``{upstream key: own key}`` of the trainer's ``UPSTREAM_ALIASES`` whose upstream key a config file or option
-    set (``CfgNode.merged_keys``)."""
-    merged = cfg.merged_keys() if hasattr(cfg, "merged_keys") else frozenset()
+    set."""
+    merged = _merged_keys(cfg)
     return {source: target for source, target in getattr(trainer, "UPSTREAM_ALIASES", {}).items() if source in merged}
 
 
@@ -99,7 +104,7 @@ def adopt_upstream_settings(cfg):
     name = cfg.TRAINER.NAME
     if name not in TRAINER_REGISTRY:
         return
-    merged = cfg.merged_keys() if hasattr(cfg, "merged_keys") else frozenset()
+    merged = _merged_keys(cfg)
     for source, target in adopted_upstream_settings(cfg, TRAINER_REGISTRY.get(name)).items():
         value, own = _lookup(cfg, source), _lookup(cfg, target)
         if target in merged and own != value:

@@ -28,6 +28,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from dpl.project import alias_package, import_leaf, import_project_modules
 from dpl.utils.errors import UserError
 from dpl.utils.registry import PLUGIN_MODULE_PREFIX
@@ -258,8 +260,6 @@ _NO_CUDA = re.compile(r"CUDA|NVIDIA|cuda")
 
 def gpu_required_line(exc):
     """One line when ``exc`` is a plugin calling CUDA on a machine without one, else None."""
-    import torch
-
     if torch.cuda.is_available() or not isinstance(exc, (RuntimeError, AssertionError)) or not _NO_CUDA.search(str(exc)):
         return None
     frames = [frame for frame in traceback.extract_tb(exc.__traceback__) if LOADED.plugin_of_file(frame.filename)]
