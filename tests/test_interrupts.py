@@ -1,7 +1,7 @@
 """Interrupt-safe runs, through the protocol scripts as a user runs them.
 
 A default-config run (the shipped CoOp config made tiny: one numbered checkpoint at the end) is
-stopped at a fixed step by SIGINT, SIGTERM or SIGKILL (``tests/fault_injection``) and rerun with the
+stopped at a fixed step by SIGINT, SIGTERM, SIGUSR2 or SIGKILL (``tests/fault_injection``) and rerun with the
 same command: it ends with the weights and accuracy of an uninterrupted run, and loses at most one
 epoch of work (SIGINT/SIGTERM: nothing, the run stops at a step boundary with a checkpoint there).
 Two loader workers run throughout, so mid-epoch resume is exact with workers too. Ctrl-C given to
@@ -73,9 +73,10 @@ def reference(setup, tmp_path_factory):
     return final(output)
 
 
-@pytest.mark.parametrize("name, code", [("SIGINT", 130), ("SIGTERM", 143)])
-def test_sigint_and_sigterm_stop_at_the_step_and_the_same_command_continues_exactly(setup, reference, tmp_path,
-                                                                                     name, code):
+@pytest.mark.parametrize("name, code", [("SIGINT", 130), ("SIGTERM", 143), ("SIGUSR2", 140)])
+def test_a_stop_signal_stops_at_the_step_and_the_same_command_continues_exactly(setup, reference, tmp_path, name,
+                                                                               code):
+    """SIGUSR2 is SLURM's warning before a time limit (``--signal``); the loader workers ignore it too."""
     output = tmp_path / "out"
     proc = train(setup, output, DPL_TEST_SIGNAL=f"{name}:2:3")
     last = output / RUN / "prompt_learner" / "model-last.pth.tar"

@@ -22,6 +22,7 @@ from tabulate import tabulate
 from torch.utils.data import DataLoader, Dataset as TorchDataset
 from torchvision import transforms as T
 
+from dpl.engine.interrupts import STOP_SIGNALS
 from dpl.utils.errors import InvalidInputError, UnreadableFileError
 
 from .datasets import build_dataset
@@ -38,14 +39,14 @@ def epoch_seed(seed, epoch, purpose="train-loader"):
 def seed_worker(worker_id):
     """``worker_init_fn``: seed ``random`` and NumPy from the worker's torch seed (base seed + id).
 
-    Workers also ignore SIGINT and SIGTERM: a Ctrl-C or a scheduler's SIGTERM reaches the whole
-    process group, and the main process, which stops at the next step boundary, still needs them
+    Workers also ignore the stop signals (SIGINT, SIGTERM, SIGUSR2): a Ctrl-C or a scheduler's signal
+    reaches the whole process group, and the main process, which stops at the next step boundary, still needs them
     for that step; it shuts them down itself when it stops (``dpl.utils.torchtools.loader_batches``).
     """
     worker_seed = torch.initial_seed() % 2**32
     random.seed(worker_seed)
     np.random.seed(worker_seed)
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
 
 

@@ -1,4 +1,5 @@
-"""Stopping a run cleanly on SIGINT (Ctrl-C) and SIGTERM (a scheduler's time limit or preemption).
+"""Stopping a run cleanly on SIGINT (Ctrl-C), SIGTERM (a scheduler's time limit or preemption) and SIGUSR2
+(SLURM's warning before the time limit, ``--signal=USR2@<seconds>``, which submitit asks for).
 
 While a trainer runs its training steps, the first signal only asks the loop to stop: the step in
 progress finishes, the trainer writes its last checkpoint at that step boundary and raises
@@ -6,13 +7,15 @@ progress finishes, the trainer writes its last checkpoint at that step boundary 
 Ctrl-C), there is no step to finish and ``RunInterrupted`` is raised at once; what the last checkpoint
 holds is kept. A repeated SIGTERM changes nothing.
 The entry point turns ``RunInterrupted`` into one line and exit code ``128 + signal number``
-(130 for SIGINT, 143 for SIGTERM), as shells report a process stopped by that signal.
+(130 for SIGINT, 143 for SIGTERM, 140 for SIGUSR2), as shells report a process stopped by that signal.
+SLURM sends ``--signal`` to every process of the job step, so the run itself must take SIGUSR2 as a stop:
+Python's default for it is to die on the spot, losing the step's checkpoint.
 """
 import contextlib
 import signal
 import threading
 
-HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -51,7 +54,7 @@ class StopRequests:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for signum in HANDLED_SIGNALS:
+            for signum in STOP_SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 

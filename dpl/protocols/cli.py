@@ -1,14 +1,16 @@
 """The command line behind ``scripts/<method>/*.sh`` (see ``python -m dpl.protocols``)."""
 import os
+import signal
 import sys
 
 import dpl.tools.train as train_entry  # the whole training stack: a missing requirement fails here, in one line
+from dpl.engine.interrupts import STOP_SIGNALS
 
 from .methods import ProtocolError, read_method
 from .runner import PlanConfigError, execute, plan_request
 from .steps import STEPS, step_context
 
-INTERRUPTED = {train_entry.EXIT_INTERRUPTED_SIGINT: "SIGINT", train_entry.EXIT_INTERRUPTED_SIGTERM: "SIGTERM"}
+INTERRUPTED = {128 + signum: signal.Signals(signum).name for signum in STOP_SIGNALS}  # train.py's exit codes
 
 
 def require_data(env):

@@ -4,12 +4,12 @@ Merge order: defaults < trainers' ``extend_cfg`` < ``--dataset-config-file`` < `
 < CLI flags < trailing ``KEY VALUE`` opts. Before anything is written, the run's identity
 (``dpl.results.identity``) is compared with what ``--output-dir`` holds: a finished run of the same
 experiment reruns its final test (``TRAIN.IF_EXISTS skip``: left alone), an unfinished one resumes,
-a folder of another experiment is refused. SIGINT / SIGTERM stop the run at the next step boundary
+a folder of another experiment is refused. SIGINT / SIGTERM / SIGUSR2 stop the run at the next step boundary
 with its last checkpoint written (``dpl.engine.interrupts``).
 
 Exit codes: 0 done; 1 a run error the user causes (data, weights, checkpoints, output folder, NaN
 loss, a full disk): one line on stderr and in the log; 2 a command-line or config error (nothing
-written); 130 / 143 stopped by SIGINT / SIGTERM (run the same command again to continue). Other
+written); 130 / 143 / 140 stopped by SIGINT / SIGTERM / SIGUSR2 (run the same command again to continue). Other
 exceptions are bugs and keep their traceback.
 """
 import argparse
