@@ -10,7 +10,7 @@ venv: $(STAMP)
 
 $(STAMP): setup.py requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -e ".[test]"
+	$(PY) -m pip install -e ".[test,cluster]"
 	touch $(STAMP)
 
 # The test models are tiny: one intra-op thread per process beats oversubscribing CI's 2 cores.

@@ -40,5 +40,7 @@ setup(
         "test": ["pytest>=7.0"],
         "tensorboard": ["tensorboard>=2.10"],
         "plot": ["matplotlib>=3.5"],
+        # scripts/run_protocol.py --launcher slurm
+        "cluster": ["submitit>=1.5"],
     },
 )
