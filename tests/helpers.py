@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -269,3 +270,15 @@ def check_base_to_new_evaluation(tmp_path, weights, trainer, config, model_name,
     assert re.search(r"\* accuracy: [\d.]+%", log)
     assert (test_out / "results.json").is_file()
     return log
+
+
+def pocket_sweep_opts(epochs=2):
+    """Trailing opts of a quick pocket sweep (``run_protocol.py ... -- <these>``), as ``make demo`` runs it."""
+    return ["MODEL.BACKBONE.NAME", "pocket", "OPTIM.MAX_EPOCH", str(epochs), "DATALOADER.TRAIN_X.BATCH_SIZE", "16",
+            "OPTIM.LR", "0.005", "OPTIM.WARMUP_EPOCH", "0", "DATALOADER.NUM_WORKERS", "0"]
+
+
+def run_protocol(*args, env, timeout=900):
+    """``python scripts/run_protocol.py ARGS`` from another directory; the CompletedProcess (text output)."""
+    return subprocess.run([sys.executable, str(SCRIPTS / "run_protocol.py"), *map(str, args)], capture_output=True,
+                          text=True, env=env, cwd=os.path.dirname(env["OUTPUT"]), timeout=timeout)

@@ -478,6 +478,10 @@ DOC_QUOTES = [
     "a plugin file must be a .py file", ": no such file or folder", "the folder has neither trainers/ nor datasets/",
     " needs a GPU: ", "which this machine does not have (", " does not read ",
     "the key is there for upstream repositories' trainers", "disagree: set one of them",
+    # launchers
+    "needs submitit: pip install -e '.[cluster]'", "run this on a SLURM login node (or start a local cluster",
+    "is not a job record: move the file away", "pass --keep-going to launch the others", " is an option of ",
+    "exists and was not written by this script",
     # images
     "images cannot be read, e.g.", "and replace them from the original dataset archive",
     "images: all readable", "UNREADABLE IMAGES", "complete, all images readable",

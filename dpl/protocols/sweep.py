@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from dataclasses import dataclass
+from typing import Optional
 
 from dpl.engine import TRAINER_REGISTRY
 from dpl.results.identity import default_config
@@ -28,13 +29,15 @@ class ScriptError(Exception):
     """A script of ``scripts/<method>/`` that runs no protocol step: the scripts folder itself is broken."""
 
 
-@dataclass
+@dataclass(eq=False)
 class Job:
     """One call of a method's script with its positional arguments."""
 
     method: object  # methods.Method
     script: str  # e.g. "base2new_train.sh"
     args: list
+    dataset: str = ""  # the dataset its runs use (a table's column)
+    after: Optional["Job"] = None  # the training job whose model this job evaluates (it must end first)
 
     @property
     def path(self):
@@ -56,31 +59,38 @@ class Job:
 
 
 def jobs_for(protocol, method, datasets, seeds, shots, ratio, source):
-    """The jobs of one method, each test right after the training it evaluates; a training-free method
-    runs for the first seed only (its run stands for every seed in the tables)."""
+    """The jobs of one method, each test right after the training it evaluates (its ``after``); a
+    training-free method runs for the first seed only (its run stands for every seed in the tables)."""
     if method.training_free:
         seeds = seeds[:1]
+
+    def pair(train_script, test_script, args):
+        train = Job(method, train_script, args, args[0]) if method.has_script(train_script) else None
+        test = Job(method, test_script, args, args[0], after=train) if method.has_script(test_script) else None
+        return [job for job in (train, test) if job is not None]
+
     jobs = []
     if protocol == "base2new":
         for dataset in datasets:
             for seed in seeds:
-                jobs += [Job(method, s, [dataset, seed]) for s in ("base2new_train.sh", "base2new_test.sh")
-                         if method.has_script(s)]
+                jobs += pair("base2new_train.sh", "base2new_test.sh", [dataset, seed])
     elif protocol in ("xd", "dg"):
         for seed in seeds:
             if method.has_script("xd_train.sh"):
-                jobs.append(Job(method, "xd_train.sh", [seed]))
+                train = Job(method, "xd_train.sh", [seed], source)
+                jobs.append(train)
             else:  # no training: the source column is an evaluation on the source dataset
-                jobs.append(Job(method, "xd_test.sh", [source, seed]))
-            jobs += [Job(method, "xd_test.sh", [d, seed]) for d in datasets if method.has_script("xd_test.sh")]
+                train = None
+                jobs.append(Job(method, "xd_test.sh", [source, seed], source))
+            jobs += [Job(method, "xd_test.sh", [d, seed], d, after=train) for d in datasets
+                     if method.has_script("xd_test.sh")]
     elif protocol == "fewshot":
         if method.has_script("few_shot.sh"):
-            jobs = [Job(method, "few_shot.sh", [d, k, s]) for d in datasets for k in shots for s in seeds]
+            jobs = [Job(method, "few_shot.sh", [d, k, s], d) for d in datasets for k in shots for s in seeds]
     elif protocol == "longtail":
         for dataset in datasets:
             for seed in seeds:
-                jobs += [Job(method, s, [dataset, seed, ratio]) for s in ("long_tail.sh", "long_tail_test.sh")
-                         if method.has_script(s)]
+                jobs += pair("long_tail.sh", "long_tail_test.sh", [dataset, seed, ratio])
     return jobs
 
 
