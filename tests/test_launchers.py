@@ -16,7 +16,7 @@ import threading
 
 import pytest
 
-from dpl.protocols.local_queue import LocalQueue, available_cores, parse_devices
+from dpl.protocols.local_queue import LocalQueue, available_cores, exit_text, parse_devices
 from dpl.protocols.methods import Method
 from dpl.protocols.progress import LiveView, Progress, tail_lines
 from dpl.protocols.slurm import JobRecord, ScriptCall, SlurmError, SlurmLauncher, SlurmOptions, Submission
@@ -134,6 +134,10 @@ def test_ctrl_c_reaches_every_running_job_and_the_queue_stops(tmp_path):
     assert stopped == 130
     assert (tmp_path / "d-1.sig").exists() and (tmp_path / "d-2.sig").exists() and not (tmp_path / "d-3.up").exists()
     assert [progress.status[j] for j in jobs] == ["queued"] * 3  # the same command continues them
+
+
+def test_a_job_ended_by_a_signal_says_which():
+    assert (exit_text(-9), exit_text(-2), exit_text(1)) == ("killed by SIGKILL", "killed by SIGINT", "exit code 1")
 
 
 def test_device_lists_are_checked():

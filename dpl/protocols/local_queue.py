@@ -96,10 +96,10 @@ class LocalQueue:
             self.view.print(f"done    {job.text()}")
         elif self.signum is not None:  # stopped by us: it continues on the next run of the sweep
             progress.set(job, "queued")
-            self.view.print(f"stopped {job.text()} (exit code {code}; its last checkpoint is kept)")
+            self.view.print(f"stopped {job.text()} ({exit_text(code)}; its last checkpoint is kept)")
         else:
-            progress.set(job, "failed", f"exit code {code}")
-            self.view.print(f"FAILED  {job.text()} (exit code {code}; log: {progress.logs[job]})")
+            progress.set(job, "failed", exit_text(code))
+            self.view.print(f"FAILED  {job.text()} ({exit_text(code)}; log: {progress.logs[job]})")
 
     # ----- the queue -------------------------------------------------------------------------------
 
@@ -147,6 +147,11 @@ class LocalQueue:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         return progress, (128 + self.signum if self.signum is not None else None)
+
+
+def exit_text(code):
+    """``exit code 1``, or ``killed by SIGKILL`` for a process a signal ended (a negative return code)."""
+    return f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
 
 
 def _now():
