@@ -197,15 +197,7 @@ def main(argv=None, scripts_dir=SCRIPTS):
     if todo and not os.path.isdir(env["DATA"]):
         raise SystemExit(f"error: DATA={env['DATA']} is not a directory: point it to the folder holding the datasets")
     if args.launcher is None:
-        failed, stopped = run_queue(todo, planner, env, args.keep_going)
-        if stopped is not None:
-            return stopped
-        if args.table:
-            print_table(args, output, datasets)
-        if failed:
-            print(f"{len(failed)} job(s) failed: " + "; ".join(j.text() for j in failed), file=sys.stderr)
-            return 1
-        return 0
+        return run_in_terminal(args, planner, env, output, datasets, todo)
     blocked = [job for job, state, _ in plan if state in ("conflict", "error")]
     if blocked and not args.keep_going:
         print(f"error: {len(blocked)} job(s) cannot run (see the plan above); fix them, or pass --keep-going to "
@@ -217,6 +209,19 @@ def main(argv=None, scripts_dir=SCRIPTS):
     again = " ".join(["python", "scripts/run_protocol.py", *map(shlex.quote, argv), "--wait",
                       *(["--", *map(shlex.quote, opts)] if opts else [])])
     return launch_slurm(args, planner, env, output, datasets, todo, blocked, again)
+
+
+def run_in_terminal(args, planner, env, output, datasets, todo):
+    """The jobs one after another, their output in this terminal."""
+    failed, stopped = run_queue(todo, planner, env, args.keep_going)
+    if stopped is not None:
+        return stopped
+    if args.table:
+        print_table(args, output, datasets)
+    if failed:
+        print(f"{len(failed)} job(s) failed: " + "; ".join(j.text() for j in failed), file=sys.stderr)
+        return 1
+    return 0
 
 
 SLURM_ONLY = ("--wait", "--partition", "--time", "--gpus-per-job", "--cpus-per-job", "--mem", "--array-parallelism",
