@@ -479,7 +479,7 @@ DOC_QUOTES = [
     " needs a GPU: ", "which this machine does not have (", " does not read ",
     "the key is there for upstream repositories' trainers", "disagree: set one of them",
     # launchers
-    "needs submitit: pip install -e '.[cluster]'", "run this on a SLURM login node (or start a local cluster",
+    "needs submitit: pip install -e '.[cluster]'", "run this on a SLURM login node",
     "is not a job record: move the file away", "pass --keep-going to launch the others", " is an option of ",
     "exists and was not written by this script",
     # images
