@@ -235,8 +235,7 @@ def check_launcher_options(parser, args, argv):
     for launcher, options in (("slurm", SLURM_ONLY), ("local", LOCAL_ONLY)):
         wrong = [o for o in options if o in given]
         if wrong and args.launcher != launcher:
-            parser.error(f"{', '.join(wrong)} {'is an option' if len(wrong) == 1 else 'are options'} of "
-                         f"--launcher {launcher}")
+            parser.error(f"{', '.join(wrong)}: only with --launcher {launcher}")
 
 
 def finish(args, output, datasets, progress, blocked):

@@ -480,7 +480,7 @@ DOC_QUOTES = [
     "the key is there for upstream repositories' trainers", "disagree: set one of them",
     # launchers
     "needs submitit: pip install -e '.[cluster]'", "run this on a SLURM login node",
-    "is not a job record: move the file away", "pass --keep-going to launch the others", " is an option of ",
+    "is not a job record: move the file", "fix them, or pass --keep-going to", ": only with --launcher ",
     "exists and was not written by this script",
     # images
     "images cannot be read, e.g.", "and replace them from the original dataset archive",

@@ -287,8 +287,8 @@ def test_a_failed_script_leaves_its_job_with_its_exit_code(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("argv, message", [
-    (["--jobs", "2"], "--jobs is an option of --launcher local"),
-    (["--launcher", "local", "--wait"], "--wait is an option of --launcher slurm"),
+    (["--jobs", "2"], "--jobs: only with --launcher local"),
+    (["--launcher", "local", "--wait"], "--wait: only with --launcher slurm"),
     (["--launcher", "slurm", "--time", "2:xx"], "--time 2:xx: expected minutes or sbatch's [D-]H:M:S"),
     (["--launcher", "local", "--devices", "a100"], "'a100' is neither a GPU index"),
     (["--launcher", "slurm", "--sbatch-arg", "=3"], "expected NAME=VALUE"),
