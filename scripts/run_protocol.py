@@ -241,8 +241,7 @@ def check_launcher_options(parser, args, argv):
 def finish(args, output, datasets, progress, blocked):
     """The failures (with their logs' last lines), then the protocol table; the exit code."""
     for job in blocked:
-        progress.jobs.append(job)
-        progress.set(job, "failed", "not launched: see the plan")
+        progress.add(job, "failed", "not launched: see the plan")
     lines = progress.failure_lines()
     if lines:
         print("\n".join(["", *lines]), file=sys.stderr)

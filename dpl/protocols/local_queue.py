@@ -16,10 +16,10 @@ import subprocess
 import time
 
 from .progress import LiveView, Progress
+from .sweep import FORWARDED_SIGNALS
 
 POLL_SECONDS = 0.2
 LOG_HEADER = "=== "  # the queue's lines in a job's log (an attempt's start and end)
-FORWARDED = {signal.SIGINT: signal.SIGINT, signal.SIGTERM: signal.SIGTERM, signal.SIGHUP: signal.SIGTERM}
 
 
 def available_cores():
@@ -114,16 +114,15 @@ class LocalQueue:
         return progress.status[after] == "done"
 
     def _forward(self, signum, frame):
-        self.signum = self.signum or FORWARDED[signum]
+        self.signum = self.signum or FORWARDED_SIGNALS[signum]
         for proc, _, _ in self.running.values():
             if proc.poll() is None:
-                proc.send_signal(FORWARDED[signum])
+                proc.send_signal(FORWARDED_SIGNALS[signum])
 
     def run(self, jobs):
         todo = set(jobs)
-        progress = Progress(jobs)
-        progress.error_skip = (LOG_HEADER,)
-        previous = {s: signal.signal(s, self._forward) for s in FORWARDED}
+        progress = Progress(jobs, error_skip=[LOG_HEADER])
+        previous = {s: signal.signal(s, self._forward) for s in FORWARDED_SIGNALS}
         stop_starting = False
         try:
             while True:

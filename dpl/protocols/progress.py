@@ -31,18 +31,23 @@ def tail_lines(path, n=5, skip=()):
 class Progress:
     """The status of every job of a sweep, in the plan's order."""
 
-    def __init__(self, jobs):
+    def __init__(self, jobs, error_skip=()):
         self.jobs = list(jobs)
         self.status = {job: "queued" for job in self.jobs}
         self.logs = {}  # job -> the log file of its (last) run
         self.notes = {}  # job -> why it failed or was cancelled, in a few words
-        self.error_skip = ()  # log lines that are the launcher's, not the job's (left out of failure tails)
+        self.error_skip = tuple(error_skip)  # starts of the launcher's log lines (left out of failure tails)
 
     def set(self, job, status, note=""):
         assert status in STATUSES, status
         self.status[job] = status
         if note:
             self.notes[job] = note
+
+    def add(self, job, status, note=""):
+        """A job that was not launched (e.g. refused while planning), shown with the others."""
+        self.jobs.append(job)
+        self.set(job, status, note)
 
     def count(self, status):
         return sum(1 for s in self.status.values() if s == status)

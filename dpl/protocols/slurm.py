@@ -30,10 +30,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict
 
+from dpl.plugins import PLUGIN_ENV
+
+from .cli import SCRIPT_ENVIRONMENT
 from .progress import LiveView, Progress
 
 # What a job needs from the sweep's environment besides its command (the rest is inherited through sbatch).
-JOB_ENVIRONMENT = ("DATA", "OUTPUT", "CFG", "TAG", "LOADEP", "SOURCE", "PYTHON", "DPL_PLUGINS", "OMP_NUM_THREADS")
+JOB_ENVIRONMENT = ("DATA", "OUTPUT", *SCRIPT_ENVIRONMENT, "PYTHON", PLUGIN_ENV, "OMP_NUM_THREADS")
 ACTIVE = {"PENDING": "queued", "CONFIGURING": "queued", "REQUEUED": "queued", "REQUEUE_HOLD": "queued",
           "REQUEUE_FED": "queued", "RESV_DEL_HOLD": "queued", "SUSPENDED": "queued", "STOPPED": "queued",
           "PREEMPTED": "queued", "RESIZING": "running", "RUNNING": "running", "COMPLETING": "running",
@@ -136,7 +139,7 @@ def _wait(proc, timeout=None):
 
 # ----- the record of submitted jobs ------------------------------------------------------------------
 
-def job_key(job, command, env):
+def job_key(command, env):
     """What makes two submissions the same job: its command and the environment that changes its runs."""
     return json.dumps([command[1:], {k: env.get(k, "") for k in JOB_ENVIRONMENT if k != "OMP_NUM_THREADS"}])
 
@@ -224,12 +227,14 @@ class SlurmLauncher:
         self.poll_seconds = poll_seconds
         self.record = JobRecord(folder)
 
+    def _command(self, job):
+        return job.command(self.planner.opts(job))
+
     def _call(self, job):
-        command = job.command(self.planner.opts(job))
         env = {k: self.env[k] for k in JOB_ENVIRONMENT if self.env.get(k)}
         env.setdefault("OMP_NUM_THREADS", str(self.options.cpus_per_job))
         env["PYTHONUNBUFFERED"] = "1"
-        return command, ScriptCall(command, env, job.text())
+        return ScriptCall(self._command(job), env, job.text())
 
     def _executor(self, name, dependency=""):
         import submitit  # an optional extra (`.[cluster]`): imported where a SLURM job needs it
@@ -246,7 +251,7 @@ class SlurmLauncher:
         first = jobs[0]
         name = f"dpl-{first.method.name}-{os.path.splitext(first.script)[0]}"
         executor = self._executor(name, dependency)
-        calls = [self._call(job)[1] for job in jobs]
+        calls = [self._call(job) for job in jobs]
         try:
             submitted = executor.submit_array(calls) if len(calls) > 1 else [executor.submit(calls[0])]
         except Exception as exc:  # submitit raises on any sbatch failure
@@ -257,7 +262,7 @@ class SlurmLauncher:
         """Submits ``jobs`` (planned as not done) except those queued or running already."""
         os.makedirs(self.folder, exist_ok=True)
         recorded, states = self.record.read(), squeue_states()
-        keys = {job: job_key(job, self._call(job)[0], self.env) for job in jobs}
+        keys = {job: job_key(self._command(job), self.env) for job in jobs}
         submissions, to_submit = {}, []
         for job in jobs:
             job_id = recorded.get(keys[job])
@@ -308,8 +313,7 @@ class SlurmLauncher:
 
     def watch(self, submissions):
         """Shows the table until every job has ended; returns the ``Progress``. Ctrl-C stops watching only."""
-        progress = Progress([sub.job for sub in submissions])
-        progress.error_skip = LAUNCHER_LOG_PREFIXES
+        progress = Progress([sub.job for sub in submissions], error_skip=LAUNCHER_LOG_PREFIXES)
         try:
             while True:
                 self.update(progress, submissions)

@@ -150,18 +150,20 @@ class Planner:
         return _job_word({word for word, _, _ in states}), messages
 
 
-class Forwarder:
-    """While a job runs, SIGINT/SIGTERM go to it (it stops at its next step boundary), not to us; a
-    SIGHUP (the terminal closed) goes to it as SIGTERM, so that it does not go on alone, locking its folder."""
+# What a queue passes on to its running jobs (which stop at their next step boundary) instead of stopping
+# itself: a SIGHUP (the terminal closed) goes as SIGTERM, so that no job goes on alone, locking its folder.
+FORWARDED_SIGNALS = {signal.SIGINT: signal.SIGINT, signal.SIGTERM: signal.SIGTERM, signal.SIGHUP: signal.SIGTERM}
 
-    FORWARDED = {signal.SIGINT: signal.SIGINT, signal.SIGTERM: signal.SIGTERM, signal.SIGHUP: signal.SIGTERM}
+
+class Forwarder:
+    """While a job runs, the ``FORWARDED_SIGNALS`` go to it, not to us."""
 
     def __init__(self):
         self.proc = None
         self.signum = None
 
     def __enter__(self):
-        self._previous = {s: signal.signal(s, self._forward) for s in self.FORWARDED}
+        self._previous = {s: signal.signal(s, self._forward) for s in FORWARDED_SIGNALS}
         return self
 
     def __exit__(self, *exc):
@@ -170,8 +172,8 @@ class Forwarder:
         return False
 
     def _forward(self, signum, frame):
-        self.signum = self.signum or self.FORWARDED[signum]
-        self._send(self.FORWARDED[signum])
+        self.signum = self.signum or FORWARDED_SIGNALS[signum]
+        self._send(FORWARDED_SIGNALS[signum])
 
     def _send(self, signum):
         if self.proc is not None and self.proc.poll() is None:
