@@ -322,8 +322,7 @@ class SlurmLauncher:
                     return progress
                 time.sleep(self.poll_seconds)
         except KeyboardInterrupt:
-            self.view.print("Stopped watching; the jobs go on in SLURM (watch them again with the same "
-                            "command and --wait).")
+            self.view.print("Stopped watching; the jobs go on in SLURM: run the same command to watch them again")
             raise
 
 
