@@ -419,7 +419,7 @@ def test_train_with_a_disk_full_at_the_checkpoint(disk, tmp_path, tiny_clip_path
     (os_error(errno.EACCES, "/data/out"), f"Error: [Errno {errno.EACCES}] {DENIED}: '/data/out'"),
 ])
 def test_train_prints_a_plain_disk_error_as_one_line(tmp_path, tiny_clip_path, monkeypatch, capsys, error, line):
-    def main(args, cfg, stops=None):
+    def main(args, cfg, stops=None, world=None):
         raise error
 
     monkeypatch.setattr(TRAIN, "main", main)
@@ -428,7 +428,7 @@ def test_train_prints_a_plain_disk_error_as_one_line(tmp_path, tiny_clip_path, m
 
 
 def test_train_keeps_the_traceback_of_other_os_errors(tmp_path, tiny_clip_path, monkeypatch):
-    def main(args, cfg, stops=None):
+    def main(args, cfg, stops=None, world=None):
         raise os_error(errno.ECONNRESET)
 
     monkeypatch.setattr(TRAIN, "main", main)

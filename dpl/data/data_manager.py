@@ -22,11 +22,12 @@ from tabulate import tabulate
 from torch.utils.data import DataLoader, Dataset as TorchDataset
 from torchvision import transforms as T
 
+from dpl.engine.distributed import SINGLE_PROCESS, current_world
 from dpl.engine.interrupts import STOP_SIGNALS
 from dpl.utils.errors import InvalidInputError, UnreadableFileError
 
 from .datasets import build_dataset
-from .samplers import EpochSampler, build_sampler
+from .samplers import EpochSampler, ShardSampler, build_sampler
 from .transforms import build_transform, interpolation_mode
 
 
@@ -81,12 +82,16 @@ def read_image(path):
 
 
 def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, batch_size=64, n_domain=0,
-                      n_ins=2, tfm=None, is_train=True, dataset_wrapper=None, generator=None):
+                      n_ins=2, tfm=None, is_train=True, dataset_wrapper=None, generator=None, world=None):
     """A ``DataLoader`` over ``dataset_wrapper(cfg, data_source, transform=tfm, is_train=is_train)``.
 
     ``drop_last`` only for training sets holding at least one full batch (Dassl). ``generator`` (train
     loader) drives the sampler and the workers' base seed; a training sampler is wrapped in an
     ``EpochSampler`` (per-sample augmentation seeds, resumable start position).
+
+    On several processes (``world``, a ``dpl.engine.distributed.World``) ``batch_size`` stays the global
+    batch: a training loader yields this process's share of each one (``batch_size / world.size``), an
+    evaluation loader this process's contiguous shard of the split.
     """
     if not data_source:
         raise InvalidInputError(
@@ -95,10 +100,19 @@ def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, b
             f"SUBSAMPLE_CLASSES={cfg.DATASET.SUBSAMPLE_CLASSES}). Check DATASET.ROOT or run "
             "`python -m dpl.tools.check_data --root DATA`."
         )
+    world = world or SINGLE_PROCESS
     sampler = build_sampler(sampler_type, cfg=cfg, data_source=data_source, batch_size=batch_size,
                             n_domain=n_domain, n_ins=n_ins, generator=generator)
-    if is_train:
+    if is_train and world.distributed:  # training checks that the global batch divides (evaluations need not)
+        batch_size = max(1, batch_size // world.size)
+        sampler = EpochSampler(sampler, rank=world.rank, world_size=world.size, batch_size=batch_size)
+    elif is_train:
         sampler = EpochSampler(sampler)
+    elif world.distributed:
+        if sampler_type != "SequentialSampler":
+            raise InvalidInputError(f"DATALOADER.TEST.SAMPLER is {sampler_type}: an evaluation on several "
+                                    "processes shards the split in order; use SequentialSampler")
+        sampler = ShardSampler(len(data_source), world.rank, world.size)
     wrapper = dataset_wrapper or DatasetWrapper
     num_workers = cfg.DATALOADER.NUM_WORKERS
     return DataLoader(
@@ -113,6 +127,24 @@ def build_data_loader(cfg, sampler_type="SequentialSampler", data_source=None, b
     )
 
 
+def check_global_batch(batch_size, processes):
+    """A training batch shared by ``processes`` must divide among them (checked before training)."""
+    if batch_size % processes:
+        raise InvalidInputError(
+            f"DATALOADER.TRAIN_X.BATCH_SIZE {batch_size} is the global batch and does not divide among "
+            f"{processes} processes: use a multiple of {processes}, or another number of processes")
+
+
+def check_training_batches(loader, processes):
+    """Several processes train on whole global batches only: the training set must hold one."""
+    if processes > 1 and len(loader) == 0:
+        batch = loader.batch_size * processes
+        raise InvalidInputError(
+            f"the training set has {len(loader.dataset)} images, fewer than one global batch "
+            f"(DATALOADER.TRAIN_X.BATCH_SIZE {batch}): several processes need at least one full batch; "
+            "lower the batch size or train on one process")
+
+
 class DataManager:
     """Dataset + loaders (``train_loader_x``, ``train_loader_u``, ``val_loader``, ``test_loader``).
 
@@ -120,8 +152,10 @@ class DataManager:
     ``(seed, epoch)``.
     """
 
-    def __init__(self, cfg, custom_tfm_train=None, custom_tfm_test=None, dataset_wrapper=None):
+    def __init__(self, cfg, custom_tfm_train=None, custom_tfm_test=None, dataset_wrapper=None, world=None):
         self.cfg = cfg
+        # the processes of the run (``torchrun``): each loads its share of the batches and of the test set
+        self.world = world = world or current_world()
         dataset = build_dataset(cfg)
         tfm_train = self._transform(cfg, custom_tfm_train, is_train=True)
         tfm_test = self._transform(cfg, custom_tfm_test, is_train=False)
@@ -134,18 +168,18 @@ class DataManager:
         self.train_loader_x = build_data_loader(
             cfg, sampler_type=dl.TRAIN_X.SAMPLER, data_source=dataset.train_x, batch_size=dl.TRAIN_X.BATCH_SIZE,
             n_domain=dl.TRAIN_X.N_DOMAIN, n_ins=dl.TRAIN_X.N_INS, tfm=tfm_train, is_train=True,
-            dataset_wrapper=dataset_wrapper, generator=self.train_generator)
+            dataset_wrapper=dataset_wrapper, generator=self.train_generator, world=world)
         self.train_loader_u = None
         if dataset.train_u:
             u = dl.TRAIN_X if dl.TRAIN_U.SAME_AS_X else dl.TRAIN_U
             self.train_loader_u = build_data_loader(
                 cfg, sampler_type=u.SAMPLER, data_source=dataset.train_u, batch_size=u.BATCH_SIZE,
                 n_domain=u.N_DOMAIN, n_ins=u.N_INS, tfm=tfm_train, is_train=True,
-                dataset_wrapper=dataset_wrapper, generator=self.train_generator)
+                dataset_wrapper=dataset_wrapper, generator=self.train_generator, world=world)
         self.val_loader = None
         if dataset.val:
-            self.val_loader = self._eval_loader(cfg, dataset.val, tfm_test, dataset_wrapper)
-        self.test_loader = self._eval_loader(cfg, dataset.test, tfm_test, dataset_wrapper)
+            self.val_loader = self._eval_loader(cfg, dataset.val, tfm_test, dataset_wrapper, world)
+        self.test_loader = self._eval_loader(cfg, dataset.test, tfm_test, dataset_wrapper, world)
 
         self._num_classes = dataset.num_classes
         self._num_source_domains = len(cfg.DATASET.SOURCE_DOMAINS)
@@ -165,12 +199,13 @@ class DataManager:
         return custom
 
     @staticmethod
-    def _eval_loader(cfg, data_source, tfm, dataset_wrapper):
+    def _eval_loader(cfg, data_source, tfm, dataset_wrapper, world):
         # Its own generator: iterating it must not consume the global torch RNG (the training
         # randomness after an evaluation would otherwise depend on how often one evaluated).
         return build_data_loader(cfg, sampler_type=cfg.DATALOADER.TEST.SAMPLER, data_source=data_source,
                                  batch_size=cfg.DATALOADER.TEST.BATCH_SIZE, tfm=tfm, is_train=False,
-                                 dataset_wrapper=dataset_wrapper, generator=torch.Generator().manual_seed(0))
+                                 dataset_wrapper=dataset_wrapper, generator=torch.Generator().manual_seed(0),
+                                 world=world)
 
     def set_epoch(self, epoch, seed=None, start_batch=0):
         """Re-seed the training order, the workers' seeds and the per-sample augmentation seeds from
@@ -181,8 +216,8 @@ class DataManager:
         self.train_generator.manual_seed(epoch_seed(seed, epoch))
         augmentation_seed = epoch_seed(seed, epoch, "augmentation")
         for loader, start in ((self.train_loader_x, start_batch), (self.train_loader_u, 0)):
-            if loader is not None and isinstance(loader.sampler, EpochSampler):
-                loader.sampler.set_epoch(augmentation_seed, start * loader.batch_size)
+            if loader is not None and isinstance(loader.sampler, EpochSampler):  # positions in the global order
+                loader.sampler.set_epoch(augmentation_seed, start * loader.batch_size * self.world.size)
 
     @property
     def num_classes(self):

@@ -77,10 +77,17 @@ class EpochSampler(Sampler):
     ``set_epoch(epoch_seed, start)`` before an epoch: per-sample seeds derive from ``epoch_seed``;
     the first ``start`` positions of the next pass are skipped (once). ``len`` stays the full epoch,
     so batch counts and schedules do not change on resume.
+
+    On several processes (``world_size > 1``) the wrapped order is the global one (the same generator
+    seed on every process) and ``batch_size`` is the per-process batch: process ``rank`` takes positions
+    ``rank * batch_size`` to ``(rank + 1) * batch_size - 1`` of every global batch of
+    ``batch_size * world_size``, keeping each sample's seed of its global position. An epoch holds whole
+    global batches only (what ``drop_last`` does on one process), and ``start`` counts global positions.
     """
 
-    def __init__(self, sampler):
+    def __init__(self, sampler, rank=0, world_size=1, batch_size=1):
         self.sampler = sampler
+        self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
         self.epoch_seed = 0
         self.start = 0
 
@@ -89,12 +96,39 @@ class EpochSampler(Sampler):
 
     def __iter__(self):
         start, self.start = self.start, 0
+        if self.world_size == 1:
+            for position, index in enumerate(self.sampler):
+                if position >= start:
+                    yield SeededIndex(index, sample_seed(self.epoch_seed, position))
+            return
+        global_batch = self.batch_size * self.world_size
+        first, end = self.rank * self.batch_size, (self.rank + 1) * self.batch_size
+        whole = len(self.sampler) // global_batch * global_batch
         for position, index in enumerate(self.sampler):
-            if position >= start:
+            if position >= whole:
+                return
+            if position >= start and first <= position % global_batch < end:
                 yield SeededIndex(index, sample_seed(self.epoch_seed, position))
 
     def __len__(self):
-        return len(self.sampler)
+        if self.world_size == 1:
+            return len(self.sampler)
+        return len(self.sampler) // (self.batch_size * self.world_size) * self.batch_size
+
+
+class ShardSampler(Sampler):
+    """Process ``rank``'s contiguous share of ``range(length)`` (sizes differ by at most one): the shards
+    of all processes, in rank order, are the sequential order, so gathered predictions keep it."""
+
+    def __init__(self, length, rank, world_size):
+        self.begin = length * rank // world_size
+        self.end = length * (rank + 1) // world_size
+
+    def __iter__(self):
+        return iter(range(self.begin, self.end))
+
+    def __len__(self):
+        return self.end - self.begin
 
 
 def build_sampler(sampler_type, cfg=None, data_source=None, batch_size=32, n_domain=0, n_ins=16, generator=None):

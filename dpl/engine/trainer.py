@@ -17,12 +17,16 @@ stopped the run (``dpl.engine.interrupts``). A mid-epoch checkpoint records the 
 epoch; resuming skips exactly those (``DataManager.set_epoch(..., start_batch)``). Every checkpoint
 records the run's identity and config: a folder is never resumed for another experiment.
 
+On several processes (``torchrun``) the same loop runs on each, data-parallel: ``self.world`` says which
+(``dpl.engine.distributed``; its docstring says what is shared and who writes).
+
 Hooks a trainer overrides: ``extend_cfg(cfg)`` (classmethod adding its config node), ``check_cfg``,
 ``build_model``, ``forward_backward``, ``parse_batch_train``, ``parse_batch_test``,
 ``model_inference``, ``checkpoint_state_dict(name)`` / ``load_checkpoint_state_dict(name, state_dict)``
 (what a checkpoint holds for a registered model), ``get_trainer_state()`` / ``set_trainer_state(state)``
 (extra state exact resume needs; call ``super()`` and add keys), and ``load_model``.
 """
+import contextlib
 import dataclasses
 import datetime
 import numbers
@@ -50,9 +54,10 @@ from dpl.utils.torchtools import (
     set_rng_state,
     tolist_if_not,
 )
-from dpl.utils.tools import write_json
+from dpl.utils.tools import set_random_seed, write_json
 
-from .errors import CheckpointMismatchError, CheckpointNotFoundError, NonFiniteLossError
+from .distributed import current_world, process_seed
+from .errors import CheckpointMismatchError, CheckpointNotFoundError, NonFiniteLossError, UserError
 from .interrupts import NoStopRequests, RunInterrupted
 from .runtime import OutputDirClaim
 
@@ -106,6 +111,8 @@ class TrainerBase:
         self.lr_stepped = False  # the schedulers stepped in the current epoch already (update_lr ran)
         self.output_claim = None  # the entry point's claim on OUTPUT_DIR (decision + lock); train() makes one without
         self._run_identity = None  # computed on first use; the entry point sets it (an evaluation's too)
+        self.world = current_world()  # the run's processes (torchrun): see dpl.engine.distributed
+        self._gradient_hooks = []  # averaging the learnable tensors' gradients over the processes, while training
 
     # ----- identity: what the run's results, checkpoints and output-dir claim record ---------------------
     @property
@@ -206,7 +213,7 @@ class TrainerBase:
 
     # ----- TensorBoard (optional) -----------------------------------------------------------------
     def init_writer(self, log_dir):
-        if self._writer is not None:
+        if self._writer is not None or not self.world.is_main:
             return
         try:
             from torch.utils.tensorboard import SummaryWriter
@@ -242,6 +249,10 @@ class TrainerBase:
         Values must be tensors or plain Python values (checkpoints load with ``weights_only=True``).
         """
         state = {"rng": get_rng_state(), "best_result": float(getattr(self, "best_result", -np.inf))}
+        if self.world.distributed:  # every process's own streams (rank 0 writes the checkpoint)
+            state["rng_per_process"] = self.world.all_gather_objects(state["rng"])
+            state["rng"] = state["rng_per_process"][0]
+            state["world_size"] = self.world.size
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
         if self.lr_stepped:  # only mid-epoch, after a trainer's own step (``step_lr_once``)
@@ -256,7 +267,10 @@ class TrainerBase:
             self.scaler.load_state_dict(state["scaler"])
         if "lr_stepped" in state:
             self.lr_stepped = state["lr_stepped"]
-        if "rng" in state:
+        per_process = state.get("rng_per_process")
+        if per_process is not None and len(per_process) == self.world.size:
+            set_rng_state(per_process[self.world.rank])
+        elif "rng" in state:
             set_rng_state(state["rng"])
 
     def checkpoint_record(self):
@@ -285,6 +299,9 @@ class TrainerBase:
                 **record,
             }
             model_dir = os.path.join(directory, name)
+            if not self.world.is_main:  # rank 0 writes; the others know the file's name
+                self.last_saved = os.path.join(model_dir, model_name or checkpoint_name(state["epoch"]))
+                continue
             try:
                 saved = save_checkpoint(state, model_dir, is_best=is_best, model_name=model_name)
             except UnwritableFileError as exc:
@@ -292,6 +309,7 @@ class TrainerBase:
             self.last_saved = saved
             if not model_name:
                 _remove_if_present(os.path.join(model_dir, LAST_NAME))
+        self.world.barrier()  # the others may read it next (the best model for the final test)
 
     def _unsaved(self, exc, model_dir):
         """``exc`` (a checkpoint that could not be written) with what the run keeps and how to go on."""
@@ -344,6 +362,7 @@ class TrainerBase:
             start_epoch = checkpoint["epoch"]
             self.resume_batch = checkpoint.get("batch", 0)
             trainer_state = trainer_state or checkpoint.get("trainer_state")
+        self._check_processes(trainer_state, start_epoch, paths[0])
         print(f"Previous epoch: {start_epoch}")
         if self.resume_batch:
             print(f"Resuming in epoch {start_epoch + 1} after its first {self.resume_batch} batches")
@@ -353,6 +372,18 @@ class TrainerBase:
             print("Note: the checkpoint holds no trainer state (RNG, scaler): the resumed run is not bit-exact")
         self.epochs_trained = start_epoch
         return start_epoch
+
+    def _check_processes(self, trainer_state, start_epoch, path):
+        """Training continues on as many processes as wrote the checkpoint: each resumes its own random
+        streams (a finished run, whose final test alone runs again, may use any number)."""
+        recorded = (trainer_state or {}).get("world_size", 1)
+        if recorded == self.world.size or (start_epoch >= self.max_epoch and not self.resume_batch):
+            return
+        how = (f"torchrun --nproc_per_node {recorded} train.py ... (NPROC={recorded} for the scripts)" if recorded > 1
+               else "one process (python train.py, without torchrun or NPROC)")
+        raise CheckpointMismatchError(
+            f"{path} was written by a run on {recorded} process{'es' if recorded > 1 else ''}, this run has "
+            f"{self.world.size}: continue it with {how}, so that every process resumes its own random streams")
 
     def _missing_model_message(self, directory, name, model_file):
         model_path = os.path.join(directory, name, model_file)
@@ -400,26 +431,59 @@ class TrainerBase:
         if claim.skip:
             print(claim.skip_message())
             return
-        with claim:
+        with claim if self.world.is_main else contextlib.nullcontext():  # rank 0 holds the lock for the run
             for note in claim.notes if own else ():  # train.py logs the notes of its claim
                 print(note)
             self.lr_stepped = False  # a step before training is not this epoch's (a mid-epoch resume restores it)
-            self.before_train()
-            with self.stops.deferred():
-                for self.epoch in range(self.start_epoch, self.max_epoch):
-                    self.start_batch, self.resume_batch = self.resume_batch, 0  # only the first epoch resumes mid-way
-                    self.seed_data_order(self.epoch)
-                    self.before_epoch()
-                    self.run_epoch()
-                    self.epochs_trained = self.epoch + 1
-                    self.after_epoch()
-                    self.stop_if_requested()
+            self.start_processes()
+            try:
+                self.before_train()
+                with self.stops.deferred():
+                    for self.epoch in range(self.start_epoch, self.max_epoch):
+                        self.start_batch, self.resume_batch = self.resume_batch, 0  # only the first epoch resumes mid-way
+                        self.seed_data_order(self.epoch)
+                        self.before_epoch()
+                        self.run_epoch()
+                        self.epochs_trained = self.epoch + 1
+                        self.after_epoch()
+                        self.stop_if_requested()
+            finally:
+                self.stop_processes()
             self.after_train()
+
+    def optimized_parameters(self):
+        """The registered optimizers' parameters (what training changes)."""
+        return [p for optim in self._optims.values() if optim is not None
+                for group in optim.param_groups for p in group["params"]]
+
+    def start_processes(self):
+        """On several processes, before anything is resumed: rank 0's learnable tensors on every process,
+        each process's own random streams (from ``SEED``, which such a run must set), and gradient averaging."""
+        world = self.world
+        if not world.distributed:
+            return
+        params = self.optimized_parameters()
+        world.broadcast_(params)
+        set_random_seed(process_seed(self.cfg.SEED, world.rank))
+        self._gradient_hooks = world.average_gradients(params)
+        print(f"Data parallel: {world.size} processes ({world.backend}); each takes 1/{world.size} of every "
+              f"global batch of {self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE}")
+
+    def stop_processes(self):
+        for handle in self._gradient_hooks:
+            handle.remove()
+        self._gradient_hooks = []
+
+    def requested_stop(self):
+        """The signal that asked the run to stop, agreed by all processes (None: go on). On several
+        processes it is a collective: every process calls it at the same step boundary."""
+        return self.world.max_int(self.stops.signum or 0) or None
 
     def stop_if_requested(self):
         """Raise ``RunInterrupted`` when a signal asked the run to stop (its last checkpoint is written)."""
-        if self.stops.requested:
-            raise RunInterrupted(self.stops.signum, saved=self.last_saved or "")
+        signum = self.requested_stop()
+        if signum is not None:
+            raise RunInterrupted(signum, saved=self.last_saved or "")
 
     def seed_data_order(self, epoch):
         """Make the training data order a function of (SEED, epoch), so a resumed run replays it;
@@ -463,7 +527,7 @@ class SimpleTrainer(TrainerBase):
         super().__init__()
         self.check_cfg(cfg)
         if torch.cuda.is_available() and cfg.USE_CUDA:
-            self.device = torch.device("cuda")
+            self.device = torch.device("cuda", self.world.local_rank) if self.world.distributed else torch.device("cuda")
         else:
             self.device = torch.device("cpu")
         self.start_epoch = self.epoch = 0
@@ -486,7 +550,7 @@ class SimpleTrainer(TrainerBase):
         """``self.dm`` and its loaders (data is built before the model: trainers read class names)."""
         from dpl.data import DataManager  # imported here: the engine must import without the data stack
 
-        dm = DataManager(self.cfg)
+        dm = DataManager(self.cfg, world=self.world)
         self.train_loader_x = dm.train_loader_x
         self.train_loader_u = dm.train_loader_u
         self.val_loader = dm.val_loader
@@ -570,6 +634,11 @@ class SimpleTrainer(TrainerBase):
 
     def before_train(self):
         self.check_training_images()
+        if self.world.distributed and getattr(self, "train_loader_x", None) is not None:
+            from dpl.data.data_manager import check_global_batch, check_training_batches  # (engine: no data stack)
+
+            check_global_batch(self.cfg.DATALOADER.TRAIN_X.BATCH_SIZE, self.world.size)
+            check_training_batches(self.train_loader_x, self.world.size)
         directory = self.cfg.RESUME or self.output_dir
         self.start_epoch = self.resume_model_if_exist(directory)
         self.init_writer(os.path.join(self.output_dir, "tensorboard"))
@@ -625,6 +694,8 @@ class SimpleTrainer(TrainerBase):
                 input, label = self.parse_batch_test(batch)
                 output = self.model_inference(input)
                 self.evaluator.process(output, label)
+        if self.world.distributed:
+            self.gather_evaluation()
         results = self.evaluator.evaluate()
         for k, v in results.items():
             if isinstance(v, numbers.Real):
@@ -634,6 +705,14 @@ class SimpleTrainer(TrainerBase):
                 self.write_scalar(f"{split}/{group}_shot_accuracy", v, self.epoch)
         self.write_results(split, results, time.time() - start)
         return list(results.values())[0]
+
+    def gather_evaluation(self):
+        """Combine the processes' shards of the split in the evaluator (every image counted once)."""
+        gather = getattr(self.evaluator, "gather", None)
+        if gather is None:
+            raise UserError(f"the evaluator {type(self.evaluator).__name__} (TEST.EVALUATOR) cannot combine the "
+                            "predictions of several processes (it has no gather(world)): evaluate on one process")
+        gather(self.world)
 
     def long_tail_groups(self):
         """``{label: "many" | "medium" | "few"}`` of this run's long-tail training set, else None: what
@@ -669,8 +748,11 @@ class SimpleTrainer(TrainerBase):
             finished=not self._training,
             test_seconds=test_seconds,
         )
+        if not self.world.is_main:
+            return
         doc = results_json.build_results(
-            self.cfg, dict(self._test_records), split, self.device, provenance, self.train_seconds
+            self.cfg, dict(self._test_records), split, self.device, provenance, self.train_seconds,
+            processes=self.world.size,
         )
         write_json(doc, results_json.results_path(self.output_dir))
 
@@ -698,7 +780,7 @@ class TrainerX(SimpleTrainer):
         with loader_batches(self.train_loader_x) as batches:
             for self.batch_idx, batch in enumerate(batches, start=self.start_batch):
                 data_time.update(time.time() - end)
-                loss_summary = self.forward_backward(batch)
+                loss_summary = self.world.mean_of(self.forward_backward(batch))  # logged: the global batch's
                 if self.batch_idx + 1 == self.num_batches:
                     self.step_lr_once()  # before the progress line: it shows the LR the next epoch uses
                 batch_time.update(time.time() - end)
@@ -720,9 +802,11 @@ class TrainerX(SimpleTrainer):
         if done >= self.num_batches:
             return
         every = self.cfg.TRAIN.CHECKPOINT_ITERS
-        if self.stops.requested or (every > 0 and (self.epoch * self.num_batches + done) % every == 0):
+        stop = self.requested_stop()
+        if stop is not None or (every > 0 and (self.epoch * self.num_batches + done) % every == 0):
             self.save_last(batch=done)
-        self.stop_if_requested()
+        if stop is not None:
+            raise RunInterrupted(stop, saved=self.last_saved or "")
 
     def progress_line(self, batch_time, data_time, losses):
         """``epoch [3/10] batch [20/50] time ... data ... <losses> lr 1.9823e-03 eta 0:01:23``."""

@@ -73,6 +73,20 @@ class Classification(EvaluatorBase):
         self._y_pred = []
         self.num_samples = 0
         self.num_correct = 0
+        self._writes_files = True
+
+    def gather(self, world):
+        """Combine the predictions of the processes of ``world`` (a ``dpl.engine.distributed.World``), each
+        of which processed its contiguous shard of the split, in rank order: the split's order. Every
+        process then evaluates all of them; only rank 0 writes files."""
+        empty = np.zeros(0, dtype=np.int64)
+        parts = world.all_gather_objects(self._arrays() if self._y_true else (empty, empty))  # a shard may be empty
+        self._y_true = [y_true for y_true, _ in parts]
+        self._y_pred = [y_pred for _, y_pred in parts]
+        y_true, y_pred = self._arrays()
+        self.num_samples = len(y_true)
+        self.num_correct = int((y_true == y_pred).sum())
+        self._writes_files = world.is_main
 
     def process(self, mo, gt):
         """``mo`` [N, C] logits (or a tuple whose first item is), ``gt`` [N] labels."""
@@ -159,7 +173,7 @@ class Classification(EvaluatorBase):
             print(f"* average: {mean_acc:.1f}%")
             results["perclass_accuracy"] = mean_acc
             results["per_class"] = rows
-        if self.cfg.TEST.COMPUTE_CMAT:
+        if self.cfg.TEST.COMPUTE_CMAT and self._writes_files:
             self._save_confusion_matrix(y_true, y_pred)
         self._add_group_accuracy(results)
         return results

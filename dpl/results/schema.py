@@ -46,7 +46,8 @@ weights             the CLIP weights actually loaded: ``{"path", "sha256", "arch
                     "official_name"}`` (``official_name``: the OpenAI model whose published
                     checksum the file has, else null)
 command             ``{"argv", "cwd"}``: the command line of the process that wrote the file
-environment         ``{"python", "torch", "cuda", "device", "platform", "host"}``
+environment         ``{"python", "torch", "cuda", "device", "platform", "host", "processes"}``;
+                    ``processes``: how many (torchrun) processes ran the run data-parallel
 timings             ``{"train_seconds", "test_seconds", "written_at"}``; train_seconds counts the
                     training of this process only (a resumed run reports the resumed part)
 ==================  =================================================================================
@@ -101,7 +102,7 @@ def command_line():
     return {"argv": list(sys.argv), "cwd": os.getcwd()}
 
 
-def environment(device):
+def environment(device, processes=1):
     import torch  # only the writer needs torch; readers (parse_results) do not
 
     return {
@@ -111,6 +112,7 @@ def environment(device):
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device),
         "platform": platform.platform(),
         "host": socket.gethostname(),
+        "processes": processes,
     }
 
 
@@ -137,7 +139,7 @@ def test_record(split, metrics, num_samples, num_correct, epoch, finished, test_
     return record
 
 
-def build_results(cfg, tests, latest_split, device, provenance, train_seconds):
+def build_results(cfg, tests, latest_split, device, provenance, train_seconds, processes=1):
     """The results.json document; ``tests`` maps split -> ``test_record``.
 
     ``provenance``: ``{"run_id", "identity", "code", "weights", "command"}`` of the run.
@@ -151,7 +153,7 @@ def build_results(cfg, tests, latest_split, device, provenance, train_seconds):
     doc["config"] = cfg_to_dict(cfg)
     for key in ("code", "weights", "command"):
         doc[key] = provenance[key]
-    doc["environment"] = environment(device)
+    doc["environment"] = environment(device, processes)
     doc["timings"] = {
         "train_seconds": train_seconds,
         "test_seconds": latest["test_seconds"],

@@ -7,12 +7,18 @@ experiment reruns its final test (``TRAIN.IF_EXISTS skip``: left alone), an unfi
 a folder of another experiment is refused. SIGINT / SIGTERM / SIGUSR2 stop the run at the next step boundary
 with its last checkpoint written (``dpl.engine.interrupts``).
 
+Started by ``torchrun --nproc_per_node N``, the N processes train one run data-parallel
+(``dpl.engine.distributed``): rank 0 decides nothing alone (every process reads the folder before rank 0
+writes to it), then rank 0 alone prints, logs and writes; the others print only their errors, prefixed
+with their rank.
+
 Exit codes: 0 done; 1 a run error the user causes (data, weights, checkpoints, output folder, NaN
 loss, a full disk): one line on stderr and in the log; 2 a command-line or config error (nothing
 written); 130 / 143 / 140 stopped by SIGINT / SIGTERM / SIGUSR2 (run the same command again to continue). Other
 exceptions are bugs and keep their traceback.
 """
 import argparse
+import contextlib
 import errno
 import os
 import shlex
@@ -23,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from dpl.config import get_cfg_default
+from dpl.data.data_manager import check_global_batch
 from dpl.engine import (
     OutputDirClaim,
     RunInterrupted,
@@ -33,6 +40,7 @@ from dpl.engine import (
     extend_cfg_for_all_trainers,
 )
 from dpl.engine.build import adopt_upstream_settings, check_trainer_nodes
+from dpl.engine.distributed import SINGLE_PROCESS, process_group, world_from_environment
 from dpl.plugins import configure_run, gpu_required_line, load_plugins, plugin_paths
 from dpl.results import identity as run_identity
 from dpl.results import runs as run_states
@@ -182,19 +190,22 @@ def identity_of(args, cfg):
     return run_identity.run_identity(cfg, model=model)
 
 
-def main(args, cfg=None, stops=None):
+def main(args, cfg=None, stops=None, world=SINGLE_PROCESS):
     if cfg is None:
         cfg = setup_cfg(args)
     identity = identity_of(args, cfg)
     claim = OutputDirClaim(cfg, identity, evaluating=args.eval_only)  # decided before anything is built
+    world.barrier()  # every process decided on the folder as it was, before rank 0 writes to it
     if claim.skip and not args.no_train:
         print(claim.skip_message())
         return
     if cfg.SEED >= 0:
-        set_random_seed(cfg.SEED)
+        set_random_seed(cfg.SEED)  # on every process: the model starts the same everywhere
 
-    with claim:  # the lock before the logger: a refused run must not write into the active run's log
-        setup_logger(cfg.OUTPUT_DIR)
+    # the lock before the logger: a refused run must not write into the active run's log
+    with claim if world.is_main else contextlib.nullcontext():
+        if world.is_main:
+            setup_logger(cfg.OUTPUT_DIR)
         for note in configure_run(cfg) + check_trainer_nodes(cfg) + claim.notes:
             print(note)
         if cfg.SEED >= 0:
@@ -206,7 +217,10 @@ def main(args, cfg=None, stops=None):
         code = results_schema.code_version()
         print_provenance(identity, code)
 
-        trainer = build_trainer(cfg)
+        if world.distributed:
+            print(f"Processes: {world.size} (torchrun), {world.backend}; the log is rank 0's")
+        with world.main_first():  # rank 0 writes what the others then read (the few-shot split cache)
+            trainer = build_trainer(cfg)
         trainer.run_identity, trainer.code_version, trainer.output_claim = identity, code, claim
         if stops is not None:
             trainer.stops = stops
@@ -244,25 +258,55 @@ def user_error_exit(exc):
     return None
 
 
+def check_processes(args, cfg, world):
+    """What a run on several processes needs: a seed (every process draws the same few-shot sample, data
+    order and initial weights from it) and, for training, a global batch that divides among them."""
+    if not world.distributed:
+        return
+    if cfg.SEED < 0:
+        raise UserError(f"a run on {world.size} processes needs a fixed seed (--seed N or SEED N): each process "
+                        "draws the few-shot sample and the data order from it")
+    if not args.eval_only:
+        check_global_batch(cfg.DATALOADER.TRAIN_X.BATCH_SIZE, world.size)
+
+
+@contextlib.contextmanager
+def printing_as(world):
+    """Rank 0 prints (and logs); the other processes print nothing to stdout, so that the output of
+    ``torchrun`` reads as one run's. Errors (stderr) stay every process's own."""
+    if world.is_main:
+        yield
+        return
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+        yield
+
+
+def rank_prefix(world):
+    return f"[rank {world.rank}] " if not world.is_main else ""
+
+
 def cli(argv=None):
     """Run train.py with ``argv``; returns the exit code (user errors: one line on stderr, in the log too)."""
     args = build_parser().parse_args(argv)
     try:
         cfg = setup_cfg(args)  # validate the configuration before anything is written
+        world = world_from_environment()  # set by torchrun
+        check_processes(args, cfg, world)
     except CONFIG_ERRORS as exc:
         print(config_error_line(exc), file=sys.stderr)
         return EXIT_CONFIG_ERROR
     try:
-        with StopRequests() as stops:
-            main(args, cfg, stops)
+        with StopRequests() as stops, process_group(world, cfg.USE_CUDA) as joined, printing_as(world):
+            main(args, cfg, stops, world=joined)
     except RunInterrupted as exc:
-        print(interrupted_line(exc, cfg.OUTPUT_DIR), file=sys.stderr)
+        if world.is_main:  # every process stopped at the same step; one line says so
+            print(interrupted_line(exc, cfg.OUTPUT_DIR), file=sys.stderr)
         return exc.exit_code
     except Exception as exc:
         known = user_error_exit(exc)
         if known is None:
             raise
-        print(known[0], file=sys.stderr)
+        print(rank_prefix(world) + known[0], file=sys.stderr)
         return known[1]
     finally:
         close_logger()

@@ -101,7 +101,7 @@ def load_checkpoint(fpath):
         raise ValueError("load_checkpoint(): the file path is None")
     if not os.path.exists(fpath):
         raise FileNotFoundError(f'File is not found at "{fpath}"')
-    map_location = None if torch.cuda.is_available() else "cpu"
+    map_location = "cpu"  # load_state_dict copies to each tensor's device; every process of a run reads rank 0's file
     try:
         try:
             return torch.load(fpath, map_location=map_location, weights_only=True)

@@ -8,12 +8,16 @@ tests cannot be flaky; without these variables it does nothing:
 - ``DPL_TEST_PAUSE=<epoch>:<batch>:<file>``: after that step the run creates ``file`` and waits (at
   most a minute) until a signal asks it to stop, so that a test can signal it from outside at a
   known step.
+- ``DPL_TEST_FAIL=<epoch>:<batch>``: the run raises an error (a bug: a traceback) right after that step.
+- ``DPL_TEST_RANK=<rank>``: on several processes (torchrun), only that rank injects its fault.
 """
 import os
 
 _SIGNAL = os.environ.get("DPL_TEST_SIGNAL")
 _PAUSE = os.environ.get("DPL_TEST_PAUSE")
-if _SIGNAL or _PAUSE:
+_FAIL = os.environ.get("DPL_TEST_FAIL")
+_RANK = os.environ.get("DPL_TEST_RANK")
+if (_SIGNAL or _PAUSE or _FAIL) and (_RANK is None or _RANK == os.environ.get("RANK", "0")):
     import signal
     import time
 
@@ -32,6 +36,8 @@ if _SIGNAL or _PAUSE:
             deadline = time.time() + 60
             while not self.stops.requested and time.time() < deadline:
                 time.sleep(0.02)
+        if _FAIL and _at(self, *_FAIL.split(":")):
+            raise RuntimeError(f"injected failure after step {_FAIL}")
         _after_step(self)
 
     _trainer.TrainerX.after_step = _faulty_after_step
