@@ -11,6 +11,8 @@
 #   TAG      name of this run's variant: its config folder becomes <cfg>@<TAG>
 #   LOADEP   epoch to evaluate in test scripts (default: the last checkpoint of the training run)
 #   SOURCE   cross-dataset / domain generalisation training set (default: imagenet)
+#   NPROC    processes per run (default 1): N > 1 runs train.py through torchrun --nproc_per_node N on this
+#            machine (one GPU each; gloo on CPUs); DATALOADER.TRAIN_X.BATCH_SIZE stays the global batch
 #   DPL_PLAN=1  print "<kind> <run dir>" for each run the script would do, and exit (needs no DATA)
 #
 # Output layout: upstream's, under $OUTPUT (base2new/, few_shot/, long_tail/imb<R>/, <source>/ and

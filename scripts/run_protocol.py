@@ -43,11 +43,12 @@ SCRIPTS = Path(__file__).resolve().parent  # the method folders sit beside this 
 
 try:
     from dpl.project import PROJECT_ROOT
-    from dpl.protocols.methods import available_methods
+    from dpl.protocols.methods import ProtocolError, available_methods
     from dpl.protocols.steps import DEFAULT_OUTPUT, DEFAULT_SOURCE
     from dpl.protocols.local_queue import LocalQueue, parse_devices
     from dpl.protocols.progress import Progress
     from dpl.protocols.slurm import SlurmError, SlurmLauncher, SlurmOptions, parse_sbatch_arg
+    from dpl.protocols.torchrun import processes_requested
     from dpl.protocols.sweep import Planner, ScriptError, jobs_for, run_queue
     from dpl.results import layout
 except ModuleNotFoundError as exc:
@@ -80,9 +81,11 @@ def build_parser(method_names):
     launch.add_argument("--partition", default="", help="slurm: partition (default: the cluster's)")
     launch.add_argument("--time", type=minutes_arg, default=240,
                         help="slurm: time limit per job, minutes or [D-]HH:MM[:SS] (default 4:00:00)")
-    launch.add_argument("--gpus-per-job", type=int, default=0, help="slurm: GPUs per job (default 0)")
+    launch.add_argument("--gpus-per-job", type=int, default=0,
+                        help="slurm: GPUs per job (default 0); more than one trains each run on that many "
+                             "torchrun processes (NPROC)")
     launch.add_argument("--cpus-per-job", type=positive_int, default=4,
-                        help="slurm: CPUs per job, also its OMP_NUM_THREADS (default 4)")
+                        help="slurm: CPUs per job, shared by its processes' OMP_NUM_THREADS (default 4)")
     launch.add_argument("--mem", default="", help="slurm: memory per job, e.g. 32G (default: the cluster's)")
     launch.add_argument("--array-parallelism", type=positive_int, default=64,
                         help="slurm: jobs of one array running at once (default 64)")
@@ -236,6 +239,14 @@ def check_launcher_options(parser, args, argv):
         wrong = [o for o in options if o in given]
         if wrong and args.launcher != launcher:
             parser.error(f"{', '.join(wrong)}: only with --launcher {launcher}")
+    try:
+        processes = processes_requested(os.environ)
+    except ProtocolError as exc:
+        parser.error(str(exc))
+    gpus = [d for d in (args.devices or []) if d != "cpu"]
+    if args.launcher == "local" and gpus and processes > 1:
+        parser.error(f"NPROC={os.environ['NPROC']} with --devices: the local launcher gives each job one GPU; "
+                     "run a multi-GPU job with --launcher slurm --gpus-per-job N, or the scripts with NPROC alone")
 
 
 def finish(args, output, datasets, progress, blocked):

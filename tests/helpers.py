@@ -85,7 +85,7 @@ def tiny_config(folder, trainer, config_name, weights, epochs=1, batch_size=4, w
 def script_env(data, output, **extra):
     """The environment a user's shell would have: DATA, OUTPUT, one OpenMP thread, and ``extra``."""
     env = {key: value for key, value in os.environ.items()
-           if key not in ("CFG", "TAG", "LOADEP", "SOURCE", "DPL_PLAN", "PYTHON")}
+           if key not in ("CFG", "TAG", "LOADEP", "SOURCE", "DPL_PLAN", "PYTHON", "NPROC")}
     env.update(DATA=str(data), OUTPUT=str(output), OMP_NUM_THREADS="1")
     env.update({key: str(value) for key, value in extra.items()})
     return env

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import threading
+from types import SimpleNamespace
 
 import pytest
 
@@ -228,6 +229,35 @@ def test_sbatch_settings_cancel_orphans_and_requeue(tmp_path):
     assert params["mem"] == "32G" and params["cpus_per_task"] == 4
     assert params["additional_parameters"] == {"kill-on-invalid-dep": "no", "requeue": True, "account": "lab"}
     assert SlurmOptions().parameters()["additional_parameters"]["kill-on-invalid-dep"] == "yes"
+
+
+def test_a_job_with_several_gpus_trains_its_run_on_one_torchrun_process_per_gpu(tmp_path):
+    method = method_with(tmp_path, "dpl", "base2new_train.sh", "base2new_test.sh")
+    train, _ = jobs_for("base2new", method, ["dtd"], [1], [], "10", "imagenet")
+    env = {"DATA": "/data", "OUTPUT": "/out"}
+
+    def job_env(env, options):
+        slurm = launcher()
+        slurm.env, slurm.options, slurm.planner = env, options, SimpleNamespace(opts=lambda job: [])
+        return slurm._call(train).env
+
+    assert _pick(job_env(env, SlurmOptions(gpus_per_job=4, cpus_per_job=16))) == ("4", "4")  # CPUs shared
+    assert _pick(job_env(env, SlurmOptions(gpus_per_job=1))) == (None, "4")
+    assert _pick(job_env({**env, "NPROC": "2"}, SlurmOptions(cpus_per_job=8))) == ("2", "4")  # CPU nodes
+
+
+def _pick(env):
+    return env.get("NPROC"), env.get("OMP_NUM_THREADS")
+
+
+@pytest.mark.slow
+def test_the_local_launcher_refuses_several_processes_per_job_on_single_gpus(tmp_path):
+    env = script_env(tmp_path, tmp_path / "out", NPROC=2)
+    proc = run_protocol("base2new", "--datasets", "dtd", "--launcher", "local", "--devices", "0,1", env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines()[-1] == (
+        "run_protocol.py: error: NPROC=2 with --devices: the local launcher gives each job one GPU; run a "
+        "multi-GPU job with --launcher slurm --gpus-per-job N, or the scripts with NPROC alone")
 
 
 def test_a_damaged_job_record_is_named_not_ignored(tmp_path):

@@ -188,6 +188,8 @@ def execute(planned, load_epoch=""):
     """Skip, resume or run one planned run; returns train.py's exit code (0 when skipped)."""
     from dpl.tools.train import cli as train_cli
 
+    from .torchrun import processes_requested, run_on_processes  # imports the sweep, which imports us
+
     if planned.kind == "test":
         identity, model_args, model_note = evaluation_identity(planned, load_epoch)
         if model_note:
@@ -206,4 +208,7 @@ def execute(planned, load_epoch=""):
         return 0
     if decision.action == "resume":
         print(f"Resuming the unfinished run in {planned.run_dir} ({decision.state.progress()})")
+    processes = processes_requested(os.environ)
+    if processes > 1:
+        return run_on_processes(train_py_argv(planned, model_args), processes)
     return train_cli(train_py_argv(planned, model_args))

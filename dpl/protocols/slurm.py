@@ -34,9 +34,10 @@ from dpl.plugins import PLUGIN_ENV
 
 from .cli import SCRIPT_ENVIRONMENT
 from .progress import LiveView, Progress
+from .torchrun import NPROC, processes_requested
 
 # What a job needs from the sweep's environment besides its command (the rest is inherited through sbatch).
-JOB_ENVIRONMENT = ("DATA", "OUTPUT", *SCRIPT_ENVIRONMENT, "PYTHON", PLUGIN_ENV, "OMP_NUM_THREADS")
+JOB_ENVIRONMENT = ("DATA", "OUTPUT", *SCRIPT_ENVIRONMENT, "PYTHON", PLUGIN_ENV, NPROC, "OMP_NUM_THREADS")
 ACTIVE = {"PENDING": "queued", "CONFIGURING": "queued", "REQUEUED": "queued", "REQUEUE_HOLD": "queued",
           "REQUEUE_FED": "queued", "RESV_DEL_HOLD": "queued", "SUSPENDED": "queued", "STOPPED": "queued",
           "PREEMPTED": "queued", "RESIZING": "running", "RUNNING": "running", "COMPLETING": "running",
@@ -232,7 +233,10 @@ class SlurmLauncher:
 
     def _call(self, job):
         env = {k: self.env[k] for k in JOB_ENVIRONMENT if self.env.get(k)}
-        env.setdefault("OMP_NUM_THREADS", str(self.options.cpus_per_job))
+        if self.options.gpus_per_job > 1:  # one run on several GPUs: a torchrun process per GPU
+            env.setdefault(NPROC, str(self.options.gpus_per_job))
+        processes = processes_requested(env)
+        env.setdefault("OMP_NUM_THREADS", str(max(1, self.options.cpus_per_job // processes)))
         env["PYTHONUNBUFFERED"] = "1"
         return ScriptCall(self._command(job), env, job.text())
 

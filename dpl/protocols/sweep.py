@@ -156,14 +156,16 @@ FORWARDED_SIGNALS = {signal.SIGINT: signal.SIGINT, signal.SIGTERM: signal.SIGTER
 
 
 class Forwarder:
-    """While a job runs, the ``FORWARDED_SIGNALS`` go to it, not to us."""
+    """While a job runs, the signals of ``forwarded`` (``{received: sent}``, ``FORWARDED_SIGNALS`` by
+    default) go to it, not to us. ``signum`` is the first one sent, ``received`` the first one received."""
 
-    def __init__(self):
+    def __init__(self, forwarded=None):
+        self.forwarded = FORWARDED_SIGNALS if forwarded is None else forwarded
         self.proc = None
-        self.signum = None
+        self.signum = self.received = None
 
     def __enter__(self):
-        self._previous = {s: signal.signal(s, self._forward) for s in FORWARDED_SIGNALS}
+        self._previous = {s: signal.signal(s, self._forward) for s in self.forwarded}
         return self
 
     def __exit__(self, *exc):
@@ -172,16 +174,22 @@ class Forwarder:
         return False
 
     def _forward(self, signum, frame):
-        self.signum = self.signum or FORWARDED_SIGNALS[signum]
-        self._send(FORWARDED_SIGNALS[signum])
+        self.received = self.received or signum
+        self.signum = self.signum or self.forwarded[signum]
+        self._send(self.forwarded[signum])
 
     def _send(self, signum):
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signum)
 
-    def run(self, command, env):
+    def run(self, command, env, ignored=()):
+        """Run ``command`` to its end; its exit code. ``ignored``: signals the job starts ignoring."""
+        def ignore():
+            for signum in ignored:
+                signal.signal(signum, signal.SIG_IGN)
+
         # Its own session: a Ctrl-C in the terminal reaches the job once, through us.
-        self.proc = subprocess.Popen(command, env=env, start_new_session=True)
+        self.proc = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=ignore if ignored else None)
         if self.signum is not None:  # it came while the job was starting
             self._send(self.signum)
         try:
