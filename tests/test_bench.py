@@ -76,11 +76,30 @@ def test_text_switch_variant_rows_and_ratios_within_variant(tmp_path, capsys):
     assert compare["text_encoding_seconds"] > 0 and compare["speedup_per_batch_amortised"] > 1
 
 
+@pytest.mark.slow
+def test_data_parallel_mode_reports_samples_per_second_on_one_and_n_processes(tmp_path, capsys):
+    """Two spawned gloo processes per trainer, as torchrun trains; the numbers, not their size, are checked."""
+    out = tmp_path / "dp.json"
+    code = bench_main(["--arch", "tiny", "--trainers", "ZeroshotCLIP,CoOp", "--batch-size", "4", "--steps", "2",
+                       "--warmup", "1", "--num-classes", "5", "--threads", "1", "--data-parallel", "2",
+                       "--json", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "samples/s, 1 process" in text and "samples/s, 2 processes" in text and "threads per process: 1" in text
+    doc = json.loads(out.read_text())
+    (row,) = doc["data_parallel"]  # zero-shot CLIP trains nothing
+    assert row["trainer"] == "CoOp" and (row["global_batch"], row["processes"], row["steps"]) == (4, 2, 2)
+    assert row["samples_per_second_1"] > 0 and row["samples_per_second_n"] > 0
+    assert row["speedup"] == pytest.approx(row["samples_per_second_n"] / row["samples_per_second_1"])
+    assert doc["meta"]["command"].startswith("python -m dpl.bench") and "load_average_start" in doc["meta"]
+
+
 def test_cli_refuses_bad_arguments(tmp_path):
     existing = tmp_path / "old.json"
     existing.write_text("{}")
     for argv in (["--trainers", "CoOp,Nope"], ["--json", str(existing)], ["--steps", "-1"],
-                 ["--trainers", "CoOp", "--target", "DropoutPrompt/CoOp<=1.2"]):
+                 ["--trainers", "CoOp", "--target", "DropoutPrompt/CoOp<=1.2"], ["--data-parallel", "1"],
+                 ["--batch-size", "5", "--data-parallel", "2"]):
         with pytest.raises(SystemExit) as exc:
             bench_main(["--arch", "tiny"] + argv)
         assert exc.value.code == 2

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from dpl.bench.data_parallel import data_parallel_rows, data_parallel_text
 from dpl.bench.measure import Task, cpu_peak_memory_supported, measure, measure_isolated
 from dpl.bench.models import ARCHITECTURES, RANDOM_ARCHITECTURES, TRAINER_CONFIGS, input_resolution, write_random_weights
 from dpl.bench.report import (METRICS, TARGET_FORM, add_ratios, eval_compare_summary, parse_target, report_document,
@@ -67,6 +68,9 @@ def build_parser():
                              f"only METRIC: {', '.join(METRICS)}) divided by REFERENCE's, in the plain variant (the "
                              "table's 'x <reference>' ratios), each reported as met or MISSED; repeatable. Both "
                              "trainers must be measured. Without it the report has ratios only, no verdict")
+    parser.add_argument("--data-parallel", type=int, default=0, metavar="N",
+                        help="instead of the table: training samples/s of each trainer on 1 and on N processes "
+                             "with the same global batch (--batch-size), as torchrun trains")
     parser.add_argument("--json", type=Path, default=None, help="write the numbers to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.add_argument("--verbose", action="store_true", help="show the trainers' build logs")
@@ -90,6 +94,13 @@ def check_args(parser, args):
             parser.error(f"--target {target.text!r}: {' and '.join(absent)} not among the measured trainers {trainers}")
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here; use --device cpu")
+    if args.data_parallel == 1 or args.data_parallel < 0:
+        parser.error(f"--data-parallel {args.data_parallel}: give the number of processes to compare with one (>= 2)")
+    if args.data_parallel and args.batch_size % args.data_parallel:
+        parser.error(f"--batch-size {args.batch_size} is the global batch and does not divide among "
+                     f"--data-parallel {args.data_parallel} processes")
+    if args.data_parallel and torch.device(args.device).type == "cuda" and torch.cuda.device_count() < args.data_parallel:
+        parser.error(f"--data-parallel {args.data_parallel}: only {torch.cuda.device_count()} GPUs are visible")
     if args.json is not None and args.json.exists() and not args.overwrite:
         parser.error(f"--json {args.json} exists; choose another path or add --overwrite")
     return trainers
@@ -156,10 +167,38 @@ def run(args, trainers):
     return rows, meta, compare, target_checks(rows, args.target)
 
 
+def run_data_parallel(args, trainers):
+    """``--data-parallel N``: the rows and meta of ``dpl.bench.data_parallel``."""
+    load_start = _load_average()
+    with tempfile.TemporaryDirectory(prefix="dpl-bench-") as scratch:
+        weights_path = write_random_weights(args.arch, scratch, args.seed) if args.arch in RANDOM_ARCHITECTURES else ""
+        tasks, _ = plan_tasks(args, trainers, args.arch, weights_path, input_resolution(args.arch, weights_path),
+                              Path(scratch) / "output")
+        by_trainer = {task.trainer: task for task in tasks}
+        for trainer in trainers:
+            print(f"measuring {trainer} on 1 and {args.data_parallel} processes ...", file=sys.stderr, flush=True)
+        rows = data_parallel_rows(by_trainer.__getitem__, trainers, args.data_parallel)
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m dpl.bench " + " ".join(sys.argv[1:]), "arch": args.arch, "device": args.device,
+        "host": platform.node(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+        "threads_per_process": args.threads or 1,
+        "load_average_start": load_start, "load_average_end": _load_average(),
+    }
+    return rows, meta
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     trainers = check_args(parser, args)
+    if args.data_parallel:
+        rows, meta = run_data_parallel(args, trainers)
+        print(data_parallel_text(rows, meta))
+        if args.json is not None:
+            write_json({"meta": meta, "data_parallel": rows}, args.json)
+            print(f"wrote {args.json}")
+        return 0
     rows, meta, compare, checks = run(args, trainers)
     print(report_text(rows, meta, compare, checks))
     if args.json is not None:
