@@ -482,6 +482,12 @@ DOC_QUOTES = [
     "needs submitit: pip install -e '.[cluster]'", "run this on a SLURM login node",
     "is not a job record: move the file", "fix them, or pass --keep-going to", ": only with --launcher ",
     "exists and was not written by this script",
+    # several processes
+    "is the global batch and does not divide among", "fewer than one global batch",
+    "so that every process resumes its own random streams", "another process of this run stopped, so this one",
+    "start at most that many processes per node", "start the run with torchrun",
+    ": give the number of processes per run (1, 2, ...)", "the local launcher gives each job one GPU",
+    "(TEST.EVALUATOR) cannot combine the", "needs a fixed seed (--seed N or SEED N)",
     # images
     "images cannot be read, e.g.", "and replace them from the original dataset archive",
     "images: all readable", "UNREADABLE IMAGES", "complete, all images readable",
