@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -95,6 +96,18 @@ def run_script(script, *args, env, cwd=None):
     """``bash scripts/<script> ARGS``; returns the CompletedProcess (text output)."""
     return subprocess.run(["bash", str(SCRIPTS / script), *map(str, args)], capture_output=True, text=True,
                           env=env, cwd=cwd)
+
+
+def start_until_paused(command, env, paused, timeout=300):
+    """Start ``command`` in its own session (as a terminal does: a signal sent to it reaches it alone) and
+    return it once its run has created ``paused`` (``DPL_TEST_PAUSE``, ``tests/fault_injection``)."""
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    deadline = time.time() + timeout
+    while not paused.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert paused.exists(), proc.communicate()[1][-3000:]
+    return proc
 
 
 def run_cli_output(argv, capsys):

@@ -29,7 +29,7 @@ from dpl.engine.distributed import DistributedSetupError, World, process_seed, w
 from dpl.evaluation.evaluator import Classification
 from dpl.protocols.methods import ProtocolError
 from dpl.protocols.torchrun import processes_requested, torchrun_command
-from helpers import SCRIPTS, run_script, script_env, tiny_config
+from helpers import SCRIPTS, run_script, script_env, start_until_paused, tiny_config
 
 FAULTS = Path(__file__).resolve().parent / "fault_injection"
 RUN = "base2new/train_base/dtd/shots_16/CoOp/vit_b16_ctxv1/seed1"
@@ -239,12 +239,7 @@ def test_a_stopped_two_process_run_continues_on_two_processes_only_and_ends_wher
     # rank 0 waits after step 3 of epoch 2 while rank 1 goes on to the next step boundary; then SIGTERM
     # reaches the script, which hands it to torchrun, which hands it to both processes
     env = env_for(setup, output, 2, DPL_TEST_PAUSE=f"2:3:{paused}", DPL_TEST_RANK="0")
-    proc = subprocess.Popen(["bash", str(SCRIPTS / "coop/base2new_train.sh"), "dtd", "1"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + 300
-    while not paused.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert paused.exists(), proc.communicate()[1][-3000:]
+    proc = start_until_paused(["bash", str(SCRIPTS / "coop/base2new_train.sh"), "dtd", "1"], env, paused)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 143, err[-3000:]

@@ -10,14 +10,13 @@ Two loader workers run throughout, so mid-epoch resume is exact with workers too
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from datagen import make_dataset
-from helpers import SCRIPTS, run_script, script_env, tiny_config
+from helpers import SCRIPTS, run_script, script_env, start_until_paused, tiny_config
 
 FAULTS = Path(__file__).resolve().parent / "fault_injection"
 EPOCHS = 3  # of 4 batches each
@@ -132,12 +131,7 @@ def test_ctrl_c_given_to_run_protocol_reaches_the_running_job(setup, reference, 
     command = [sys.executable, str(SCRIPTS / "run_protocol.py"), "base2new", "--methods", "coop", "--datasets", "dtd",
                "--seeds", "1"]
     # its own session, as a terminal gives it: the Ctrl-C below reaches run_protocol.py only
-    proc = subprocess.Popen(command, env=env_for(setup, output, DPL_TEST_PAUSE=f"2:3:{paused}"),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    deadline = time.time() + 300
-    while not paused.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert paused.exists(), proc.communicate()[1][-3000:]
+    proc = start_until_paused(command, env_for(setup, output, DPL_TEST_PAUSE=f"2:3:{paused}"), paused)
     proc.send_signal(subprocess.signal.SIGINT)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 130, err[-3000:]
