@@ -488,6 +488,8 @@ DOC_QUOTES = [
     "start at most that many processes per node", "start the run with torchrun",
     ": give the number of processes per run (1, 2, ...)", "the local launcher gives each job one GPU",
     "(TEST.EVALUATOR) cannot combine the", "needs a fixed seed (--seed N or SEED N)",
+    # transforms
+    "INPUT.PATCH_RANDAUGMENT_",
     # images
     "images cannot be read, e.g.", "and replace them from the original dataset archive",
     "images: all readable", "UNREADABLE IMAGES", "complete, all images readable",

@@ -94,12 +94,23 @@ def test_data_parallel_mode_reports_samples_per_second_on_one_and_n_processes(tm
     assert doc["meta"]["command"].startswith("python -m dpl.bench") and "load_average_start" in doc["meta"]
 
 
+def test_patch_randaugment_mode_reports_images_per_second_of_both_implementations(tmp_path, capsys):
+    out = tmp_path / "pra.json"
+    assert bench_main(["--patch-randaugment", "2", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "patch RandAugment (224x224, 16x16 tiles, 2 ops at magnitude 7, 2 images" in text
+    assert "vectorised" in text and "per-tile loop (Pillow)" in text
+    rates = json.loads(out.read_text())["patch_randaugment"]
+    assert rates["images"] == 2 and rates["vectorised_images_per_second"] > 0
+    assert rates["speedup"] == pytest.approx(rates["vectorised_images_per_second"] / rates["per_tile_images_per_second"])
+
+
 def test_cli_refuses_bad_arguments(tmp_path):
     existing = tmp_path / "old.json"
     existing.write_text("{}")
     for argv in (["--trainers", "CoOp,Nope"], ["--json", str(existing)], ["--steps", "-1"],
                  ["--trainers", "CoOp", "--target", "DropoutPrompt/CoOp<=1.2"], ["--data-parallel", "1"],
-                 ["--batch-size", "5", "--data-parallel", "2"]):
+                 ["--batch-size", "5", "--data-parallel", "2"], ["--patch-randaugment", "-1"]):
         with pytest.raises(SystemExit) as exc:
             bench_main(["--arch", "tiny"] + argv)
         assert exc.value.code == 2

@@ -18,6 +18,7 @@ import torch
 
 from dpl.bench.data_parallel import data_parallel_rows, data_parallel_text
 from dpl.bench.measure import Task, cpu_peak_memory_supported, measure, measure_isolated
+from dpl.bench.transforms import patch_randaugment_rates, rates_text
 from dpl.bench.models import ARCHITECTURES, RANDOM_ARCHITECTURES, TRAINER_CONFIGS, input_resolution, write_random_weights
 from dpl.bench.report import (METRICS, TARGET_FORM, add_ratios, eval_compare_summary, parse_target, report_document,
                               report_text, target_checks)
@@ -71,6 +72,9 @@ def build_parser():
     parser.add_argument("--data-parallel", type=int, default=0, metavar="N",
                         help="instead of the table: training samples/s of each trainer on 1 and on N processes "
                              "with the same global batch (--batch-size), as torchrun trains")
+    parser.add_argument("--patch-randaugment", type=int, default=0, metavar="K",
+                        help="instead of the table: images/s of patch RandAugment on K images, vectorised vs the "
+                             "per-tile Pillow loop that defines it")
     parser.add_argument("--json", type=Path, default=None, help="write the numbers to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.add_argument("--verbose", action="store_true", help="show the trainers' build logs")
@@ -94,6 +98,8 @@ def check_args(parser, args):
             parser.error(f"--target {target.text!r}: {' and '.join(absent)} not among the measured trainers {trainers}")
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available here; use --device cpu")
+    if args.patch_randaugment < 0:
+        parser.error(f"--patch-randaugment {args.patch_randaugment}: give a number of images (>= 1)")
     if args.data_parallel == 1 or args.data_parallel < 0:
         parser.error(f"--data-parallel {args.data_parallel}: give the number of processes to compare with one (>= 2)")
     if args.data_parallel and args.batch_size % args.data_parallel:
@@ -192,6 +198,15 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     trainers = check_args(parser, args)
+    if args.patch_randaugment:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        rates = patch_randaugment_rates(args.patch_randaugment, args.seed)
+        print(rates_text(rates, "python -m dpl.bench " + " ".join(sys.argv[1:])))
+        if args.json is not None:
+            write_json({"patch_randaugment": rates}, args.json)
+            print(f"wrote {args.json}")
+        return 0
     if args.data_parallel:
         rows, meta = run_data_parallel(args, trainers)
         print(data_parallel_text(rows, meta))

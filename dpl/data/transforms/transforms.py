@@ -11,7 +11,10 @@ from torch import nn
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
+from dpl.utils.errors import InvalidInputError
 from dpl.utils.registry import UnknownNameError
+
+from .patch_randaugment import MAX_MAGNITUDE, PatchRandAugment
 
 INTERPOLATION_MODES = {
     "bilinear": InterpolationMode.BILINEAR,
@@ -21,7 +24,8 @@ INTERPOLATION_MODES = {
 
 # Names this module builds, in the order they are applied.
 PIL_TRANSFORMS = ("random_crop", "random_resized_crop", "center_crop", "random_flip", "imagenet_policy",
-                  "cifar10_policy", "svhn_policy", "randaugment", "colorjitter", "randomgrayscale", "gaussian_blur")
+                  "cifar10_policy", "svhn_policy", "randaugment", "patch_randaugment", "colorjitter", "randomgrayscale",
+                  "gaussian_blur")
 TENSOR_TRANSFORMS = ("normalize", "gaussian_noise", "instance_norm")
 AVAILABLE_TRANSFORMS = PIL_TRANSFORMS + TENSOR_TRANSFORMS
 # Dassl names without an equivalent here (Dassl's own implementations).
@@ -105,6 +109,8 @@ def _build_train(cfg, choices, interp):
     if "randaugment" in choices:
         print(f"+ randaugment (n={inp.RANDAUGMENT_N}, m={inp.RANDAUGMENT_M})")
         steps.append(T.RandAugment(num_ops=inp.RANDAUGMENT_N, magnitude=inp.RANDAUGMENT_M, interpolation=interp))
+    if "patch_randaugment" in choices:
+        steps.append(_patch_randaugment(inp))
     if "colorjitter" in choices:
         b, c, s, h = inp.COLORJITTER_B, inp.COLORJITTER_C, inp.COLORJITTER_S, inp.COLORJITTER_H
         print(f"+ color jitter (brightness={b}, contrast={c}, saturation={s}, hue={h})")
@@ -116,6 +122,16 @@ def _build_train(cfg, choices, interp):
         print(f"+ gaussian blur (kernel={inp.GB_K})")
         steps.append(T.RandomApply([T.GaussianBlur(inp.GB_K)], p=inp.GB_P))
     return steps
+
+
+def _patch_randaugment(inp):
+    n, m, patch = inp.PATCH_RANDAUGMENT_N, inp.PATCH_RANDAUGMENT_M, inp.PATCH_RANDAUGMENT_PATCH
+    for key, value, ok, allowed in (("N", n, n >= 0, ">= 0"), ("M", m, 0 <= m <= MAX_MAGNITUDE, f"0..{MAX_MAGNITUDE}"),
+                                    ("PATCH", patch, patch >= 3, ">= 3 pixels")):
+        if not ok:
+            raise InvalidInputError(f"INPUT.PATCH_RANDAUGMENT_{key} is {value}: use a value {allowed}")
+    print(f"+ patch randaugment (n={n}, m={m}, every {patch}x{patch} patch on its own)")
+    return PatchRandAugment(n, m, patch)
 
 
 def _build_test(cfg, choices, interp):
