@@ -14,14 +14,17 @@ The method's components are ``dpl.drople``; ``docs/METHOD.md`` is the
 specification (official code: AdamW 2e-4; the shipped configs use PromptSRC's SGD recipe, see the YAML).
 """
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Optional
 
+import torch
 import torch.nn.functional as F
+from torch import nn
 
 from dpl.clip import PROMPTSRC_TEMPLATES, clip_architecture, dataset_template
-from dpl.drople import (AlignmentGuidance, TokenDropout, TokenDropoutHook, mag_alignment_loss, residual_entropies,
-                        residual_entropy_loss, residual_lambda)
+from dpl.drople import (RESIDUAL_DENOMINATORS, AlignmentGuidance, TokenDropout, TokenDropoutHook, mag_alignment_loss,
+                        residual_entropies, residual_entropy_loss, residual_lambda)
 from dpl.engine import TRAINER_REGISTRY
 from dpl.engine.errors import UserError
 from dpl.prompting import (DeepPromptSettings, GPASettings, PromptSRCModel, SelfRegulatingTrainer, add_trainer_node,
@@ -35,6 +38,8 @@ DPL_DEFAULTS = dict(
     PROMPT_DEPTH_TEXT=9,
     PROMPT_DEPTH_VISION=9,
     PREC="fp16",
+    PROMPT_INIT="normal",  # normal (N(0, 0.02^2), IVLP/PromptSRC) | kaiming_uniform (the official code's, a = sqrt(5))
+    LEARNABLE_LOGIT_SCALE=False,  # True: the official code's learnable scale (init ln 100, clamped to <= ln 100)
     # Importance-weighted token dropout
     IMPORTANCE="full",  # full | no_self | no_cls | no_mag | uniform (fixed rate UNIFORM_P, no importance)
     PERTURBATION="gaussian",  # gaussian (x * (1 + SIGMA * eps), official) | zero (inverted dropout) | none
@@ -49,10 +54,12 @@ DPL_DEFAULTS = dict(
     MAG_TEMPERATURE=1.0,
     MAG_WEIGHT=30.0,
     MAG_DETACH=False,  # True: the MAG loss trains only the MAG module, not the prompts
+    MAG_INIT_A=0.0,  # kaiming_uniform_'s a for the bridge tokens; the official code's is sqrt(5) = 2.2360679774997896
     # Residual entropy
     RES_WEIGHT=0.05,
     RES_LAMBDA=0.1,
     RES_LAMBDA_FIXED=False,
+    RES_DENOMINATOR="one_minus_lambda",  # or "official": divide by 0.999 whenever lambda < 1e-3 (epoch 0)
     # Self-consistency with the frozen CLIP (official weights; PromptSRC's KL weight is 1)
     TEXT_LOSS_WEIGHT=25.0,
     IMAGE_LOSS_WEIGHT=10.0,
@@ -65,6 +72,8 @@ DPL_DEFAULTS = dict(
     GPA_STD=1.0,
 )
 TEACHER_TEMPLATE_CHOICES = ("promptsrc", "dataset")
+PROMPT_INITS = ("normal", "kaiming_uniform")
+LOGIT_SCALE_MAX = math.log(100.0)  # the official learnable scale's initial value and upper clamp (before exp)
 LOSS_WEIGHTS = ("mag_weight", "res_weight", "text_loss_weight", "image_loss_weight", "kl_weight", "res_lambda")
 # PromptSRC's consistency terms under the names this method has always logged.
 CONSISTENCY_LOG_NAMES = {"loss_scl_text": "loss_text", "loss_scl_image": "loss_img", "loss_kl": "loss_kl"}
@@ -83,9 +92,13 @@ class DropoutPromptSettings:
     mag_temperature: float
     mag_weight: float
     mag_detach: bool
+    mag_init_a: float
     res_weight: float
     res_lambda: float
     res_lambda_fixed: bool
+    res_denominator: str
+    prompt_init: str
+    learnable_logit_scale: bool
     text_loss_weight: float
     image_loss_weight: float
     kl_weight: float
@@ -99,6 +112,10 @@ class DropoutPromptSettings:
         require(self.teacher_templates in TEACHER_TEMPLATE_CHOICES, "teacher_templates",
                 f"use one of {list(TEACHER_TEMPLATE_CHOICES)}")
         require(0 <= self.label_smoothing < 1, "label_smoothing", "use a value in [0, 1)")
+        require(self.res_denominator in RESIDUAL_DENOMINATORS, "res_denominator",
+                f"use one of {list(RESIDUAL_DENOMINATORS)}")
+        require(self.prompt_init in PROMPT_INITS, "prompt_init", f"use one of {list(PROMPT_INITS)}")
+        require(self.mag_init_a >= 0, "mag_init_a", "it must be >= 0")
         uses_mag = self.mag_weight > 0 or self.dropout.needs_alignment
         require(self.mag_tokens >= 1 or not uses_mag, "mag_tokens",
                 "alignment guidance needs at least one bridge token (or MAG_WEIGHT 0 and an IMPORTANCE without MAG)")
@@ -111,8 +128,10 @@ class DropoutPromptSettings:
             prompts=DeepPromptSettings.from_node(node), dropout=dropout,
             drop_layers_text=tuple(node.DROP_LAYERS_TEXT), drop_layers_vision=tuple(node.DROP_LAYERS_VISION),
             mag_tokens=node.MAG_TOKENS, mag_temperature=node.MAG_TEMPERATURE, mag_weight=node.MAG_WEIGHT,
-            mag_detach=bool(node.MAG_DETACH), res_weight=node.RES_WEIGHT, res_lambda=node.RES_LAMBDA,
-            res_lambda_fixed=bool(node.RES_LAMBDA_FIXED), text_loss_weight=node.TEXT_LOSS_WEIGHT,
+            mag_detach=bool(node.MAG_DETACH), mag_init_a=float(node.MAG_INIT_A), res_weight=node.RES_WEIGHT,
+            res_lambda=node.RES_LAMBDA, res_lambda_fixed=bool(node.RES_LAMBDA_FIXED),
+            res_denominator=node.RES_DENOMINATOR, prompt_init=node.PROMPT_INIT,
+            learnable_logit_scale=bool(node.LEARNABLE_LOGIT_SCALE), text_loss_weight=node.TEXT_LOSS_WEIGHT,
             image_loss_weight=node.IMAGE_LOSS_WEIGHT, kl_weight=node.KL_WEIGHT,
             teacher_templates=node.TEACHER_TEMPLATES, label_smoothing=node.LABEL_SMOOTHING,
             gpa=GPASettings.from_node(node) if node.GPA else None,
@@ -162,7 +181,20 @@ class DropoutPromptModel(PromptSRCModel):
         self.mag = None
         if self.mag_layers or self.dropout.needs_alignment:
             self.mag = AlignmentGuidance(settings.mag_tokens, self.arch.vision_width, self.arch.text_width,
-                                         settings.mag_temperature).to(clip_model.text_projection.device)
+                                         settings.mag_temperature, settings.mag_init_a).to(clip_model.text_projection.device)
+        if settings.prompt_init == "kaiming_uniform":
+            kaiming_uniform_prompts(learner)
+        # the official code's learnable scale (log space, fp32); None: frozen CLIP's, as the other trainers
+        self.log_logit_scale = None
+        if settings.learnable_logit_scale:
+            self.log_logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_MAX, device=clip_model.text_projection.device))
+
+    @property
+    def logit_scale(self):
+        """The student's scale: the learnable one clamped to <= 100 (official), else frozen CLIP's."""
+        if self.log_logit_scale is None:
+            return super().logit_scale
+        return self.log_logit_scale.clamp(max=LOGIT_SCALE_MAX).exp()
 
     def make_hooks(self):
         """(text hook, vision hook) for one training forward pass; (None, None) in eval mode."""
@@ -179,9 +211,24 @@ class DropoutPromptModel(PromptSRCModel):
         ``text_mag_features``: the MAG features per MAG layer ([B, K, D] / [C, K, D]; empty in eval mode)."""
         text_hook, vision_hook = self.make_hooks()
         out = super().forward_train(images, text_hook=text_hook, vision_hook=vision_hook)
+        if self.log_logit_scale is not None:  # the teacher is frozen CLIP, its scale too
+            out["teacher_logits"] = (super().logit_scale * out["teacher_image_features"]
+                                     @ out["teacher_text_features"].t())
         out["vision_mag_features"] = vision_hook.mag_features if vision_hook else []
         out["text_mag_features"] = text_hook.mag_features if text_hook else []
         return out
+
+
+@torch.no_grad()
+def kaiming_uniform_prompts(learner):
+    """The official code's deep prompt init, ``kaiming_uniform_(a=sqrt(5))`` of its tensors: each text layer's
+    ``[n_ctx, width]`` (bound 1/sqrt(width): 0.044 at 512) and the vision prompts' ``[depth, n_ctx, width]`` as one
+    tensor (bound 1/sqrt(n_ctx * width): 0.018 at 4 x 768). The layer-0 text context keeps CTX_INIT's words."""
+    if learner.deep_text is not None:
+        for layer in learner.deep_text:
+            nn.init.kaiming_uniform_(layer, a=math.sqrt(5))
+    if learner.vision is not None:
+        nn.init.kaiming_uniform_(learner.vision, a=math.sqrt(5))
 
 
 @TRAINER_REGISTRY.register()
@@ -217,7 +264,7 @@ class DropoutPrompt(SelfRegulatingTrainer):
         text, image, logits = out["text_features"], out["image_features"], out["logits"]
         entropy_v, entropy_t = residual_entropies(image, out["teacher_image_features"], text,
                                                   out["teacher_text_features"], model.logit_scale,
-                                                  self.residual_lambda())
+                                                  self.residual_lambda(), settings.res_denominator)
         consistency = promptsrc_consistency_losses(
             text, image, logits, out["teacher_text_features"], out["teacher_image_features"], out["teacher_logits"],
             settings.text_loss_weight, settings.image_loss_weight, settings.kl_weight)

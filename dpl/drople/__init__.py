@@ -14,8 +14,8 @@ naming the parameter, which an entry point turns into a message naming its own c
 """
 from .alignment import AlignmentGuidance, mag_alignment_loss
 from .hook import TokenDropoutHook
-from .residual_entropy import (prediction_entropy, residual_entropies, residual_entropy_loss, residual_features,
-                               residual_lambda)
+from .residual_entropy import (RESIDUAL_DENOMINATORS, prediction_entropy, residual_denominator, residual_entropies,
+                               residual_entropy_loss, residual_features, residual_lambda)
 from .token_dropout import (IMPORTANCE_TERMS, PERTURBATIONS, TokenDropout, active_length, alignment_score,
                             attended_positions, draw_drops, global_attention_score, importance_to_probability,
                             l1_normalise, min_max_normalise, perturb_tokens, scored_positions, self_attention_score,
@@ -23,7 +23,8 @@ from .token_dropout import (IMPORTANCE_TERMS, PERTURBATIONS, TokenDropout, activ
 
 __all__ = [
     "AlignmentGuidance", "mag_alignment_loss", "TokenDropoutHook", "prediction_entropy", "residual_entropies",
-    "residual_entropy_loss", "residual_features", "residual_lambda", "IMPORTANCE_TERMS", "PERTURBATIONS",
+    "residual_entropy_loss", "residual_features", "residual_lambda", "residual_denominator", "RESIDUAL_DENOMINATORS",
+    "IMPORTANCE_TERMS", "PERTURBATIONS",
     "TokenDropout", "active_length", "alignment_score", "attended_positions", "draw_drops",
     "global_attention_score", "importance_to_probability", "l1_normalise", "min_max_normalise", "perturb_tokens",
     "scored_positions", "self_attention_score", "token_importance",

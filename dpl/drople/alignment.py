@@ -16,13 +16,14 @@ class AlignmentGuidance(nn.Module):
     (no 1/sqrt(d) scaling, masked positions get 0) and the aggregated features ``F = M (W x)`` [N, K, D_text].
     """
 
-    def __init__(self, num_tokens, vision_width, text_width, temperature=1.0):
+    def __init__(self, num_tokens, vision_width, text_width, temperature=1.0, init_a=0.0):
         super().__init__()
         if num_tokens < 1:
             raise ValueError(f"AlignmentGuidance needs at least one bridge token, got num_tokens={num_tokens}")
         self.temperature = float(temperature)
         self.tokens = nn.Parameter(torch.empty(num_tokens, text_width))
-        nn.init.kaiming_uniform_(self.tokens)
+        # U(+-sqrt(6 / ((1 + a^2) text_width))): a = 0 gives U(+-0.108) at width 512, the official sqrt(5) U(+-0.044)
+        nn.init.kaiming_uniform_(self.tokens, a=init_a)
         self.vision_proj = nn.Linear(vision_width, text_width)
         self.text_proj = nn.Linear(text_width, text_width)
 
