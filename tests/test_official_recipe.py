@@ -61,16 +61,16 @@ def test_official_prompt_init_is_kaiming_uniform_per_text_layer_and_over_the_vis
     torch.testing.assert_close(learner.ctx, normal.ctx)  # the layer-0 context is CTX_INIT's words either way
 
 
-def test_a_learnable_logit_scale_starts_at_100_is_clamped_trained_and_saved_and_the_teacher_keeps_clips(
+def test_a_learnable_logit_scale_starts_at_clips_is_clamped_trained_and_saved_and_the_teacher_keeps_clips(
         tmp_path, tiny_clip_path):
     trainer = build_trainer_in_process(tmp_path, tiny_clip_path, "DropoutPrompt", CONFIG,
                                        "TRAINER.DPL.LEARNABLE_LOGIT_SCALE", "True", "OPTIM.LR", "0.01",
                                        "OPTIM.WARMUP_EPOCH", "0")
     model = trainer.model
-    assert model.logit_scale.item() == pytest.approx(100.0)
+    frozen = model.clip.logit_scale.exp().item()  # 1 / 0.07 for this test CLIP; 100 for OpenAI's (ln 100)
+    assert model.logit_scale.item() == pytest.approx(frozen)
     assert "log_logit_scale" in model.learnable_state_dict()
     assert any(p is model.log_logit_scale for p in trainer.optimized_parameters())
-    frozen = model.clip.logit_scale.exp().item()
     images = torch.rand(4, 3, 32, 32)
     labels = torch.tensor([0, 1, 0, 1])
     model.train()

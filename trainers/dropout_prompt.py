@@ -39,7 +39,7 @@ DPL_DEFAULTS = dict(
     PROMPT_DEPTH_VISION=9,
     PREC="fp16",
     PROMPT_INIT="normal",  # normal (N(0, 0.02^2), IVLP/PromptSRC) | kaiming_uniform (the official code's, a = sqrt(5))
-    LEARNABLE_LOGIT_SCALE=False,  # True: the official code's learnable scale (init ln 100, clamped to <= ln 100)
+    LEARNABLE_LOGIT_SCALE=False,  # True: the official code's learnable scale (from CLIP's ln 100, clamped to <= ln 100)
     # Importance-weighted token dropout
     IMPORTANCE="full",  # full | no_self | no_cls | no_mag | uniform (fixed rate UNIFORM_P, no importance)
     PERTURBATION="gaussian",  # gaussian (x * (1 + SIGMA * eps), official) | zero (inverted dropout) | none
@@ -73,7 +73,7 @@ DPL_DEFAULTS = dict(
 )
 TEACHER_TEMPLATE_CHOICES = ("promptsrc", "dataset")
 PROMPT_INITS = ("normal", "kaiming_uniform")
-LOGIT_SCALE_MAX = math.log(100.0)  # the official learnable scale's initial value and upper clamp (before exp)
+LOGIT_SCALE_MAX = math.log(100.0)  # the official learnable scale's upper clamp (before exp), also OpenAI CLIP's value
 LOSS_WEIGHTS = ("mag_weight", "res_weight", "text_loss_weight", "image_loss_weight", "kl_weight", "res_lambda")
 # PromptSRC's consistency terms under the names this method has always logged.
 CONSISTENCY_LOG_NAMES = {"loss_scl_text": "loss_text", "loss_scl_image": "loss_img", "loss_kl": "loss_kl"}
@@ -184,10 +184,12 @@ class DropoutPromptModel(PromptSRCModel):
                                          settings.mag_temperature, settings.mag_init_a).to(clip_model.text_projection.device)
         if settings.prompt_init == "kaiming_uniform":
             kaiming_uniform_prompts(learner)
-        # the official code's learnable scale (log space, fp32); None: frozen CLIP's, as the other trainers
+        # the official code's learnable scale (log space, fp32), starting at CLIP's own (ln 100 for OpenAI's
+        # weights, the official init; a pocket or test CLIP keeps its smaller one); None: frozen CLIP's
         self.log_logit_scale = None
         if settings.learnable_logit_scale:
-            self.log_logit_scale = nn.Parameter(torch.tensor(LOGIT_SCALE_MAX, device=clip_model.text_projection.device))
+            start = clip_model.logit_scale.detach().float().clamp(max=LOGIT_SCALE_MAX)
+            self.log_logit_scale = nn.Parameter(start.clone())
 
     @property
     def logit_scale(self):
