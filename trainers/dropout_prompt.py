@@ -181,7 +181,8 @@ class DropoutPromptModel(PromptSRCModel):
         self.mag = None
         if self.mag_layers or self.dropout.needs_alignment:
             self.mag = AlignmentGuidance(settings.mag_tokens, self.arch.vision_width, self.arch.text_width,
-                                         settings.mag_temperature, settings.mag_init_a).to(clip_model.text_projection.device)
+                                         settings.mag_temperature, settings.mag_init_a)
+            self.mag.to(clip_model.text_projection.device)
         if settings.prompt_init == "kaiming_uniform":
             kaiming_uniform_prompts(learner)
         # the official code's learnable scale (log space, fp32), starting at CLIP's own (ln 100 for OpenAI's

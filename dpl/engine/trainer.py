@@ -440,7 +440,8 @@ class TrainerBase:
                 self.before_train()
                 with self.stops.deferred():
                     for self.epoch in range(self.start_epoch, self.max_epoch):
-                        self.start_batch, self.resume_batch = self.resume_batch, 0  # only the first epoch resumes mid-way
+                        # only the first epoch resumes mid-way
+                        self.start_batch, self.resume_batch = self.resume_batch, 0
                         self.seed_data_order(self.epoch)
                         self.before_epoch()
                         self.run_epoch()
@@ -527,7 +528,8 @@ class SimpleTrainer(TrainerBase):
         super().__init__()
         self.check_cfg(cfg)
         if torch.cuda.is_available() and cfg.USE_CUDA:
-            self.device = torch.device("cuda", self.world.local_rank) if self.world.distributed else torch.device("cuda")
+            # each process of a run has its own GPU (torchrun's LOCAL_RANK); one process uses the current one
+            self.device = torch.device("cuda", self.world.local_rank if self.world.distributed else None)
         else:
             self.device = torch.device("cpu")
         self.start_epoch = self.epoch = 0
