@@ -489,7 +489,7 @@ DOC_QUOTES = [
     ": give the number of processes per run (1, 2, ...)", "the local launcher gives each job one GPU",
     "(TEST.EVALUATOR) cannot combine the", "needs a fixed seed (--seed N or SEED N)",
     # transforms
-    "INPUT.PATCH_RANDAUGMENT_",
+    "INPUT.PATCH_RANDAUGMENT_", "INPUT.TEACHER_VIEW is ", "frozen image teacher to show it",
     # images
     "images cannot be read, e.g.", "and replace them from the original dataset archive",
     "images: all readable", "UNREADABLE IMAGES", "complete, all images readable",

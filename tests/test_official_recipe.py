@@ -4,9 +4,12 @@ import math
 
 import pytest
 import torch
+from PIL import Image
 
 import dpl.tools.train as train
+from dpl.data.transforms.transforms import clean_view_transform
 from dpl.drople import AlignmentGuidance, residual_denominator, residual_entropies, residual_features
+from dpl.engine.errors import UserError
 from dpl.project import PROJECT_ROOT
 from helpers import build_trainer_in_process
 
@@ -20,6 +23,9 @@ def test_the_official_config_sets_every_switch_to_the_official_value():
     assert node.MAG_INIT_A == pytest.approx(math.sqrt(5), abs=1e-12)
     assert (node.RES_DENOMINATOR, node.PROMPT_INIT, node.LEARNABLE_LOGIT_SCALE) == (
         "official", "kaiming_uniform", True)
+    inp = train.setup_cfg(args).INPUT
+    assert (list(inp.TRANSFORMS), inp.TEACHER_VIEW) == (["center_crop", "patch_randaugment", "normalize"], "clean")
+    assert (inp.PATCH_RANDAUGMENT_N, inp.PATCH_RANDAUGMENT_M, inp.PATCH_RANDAUGMENT_PATCH) == (2, 7, 16)
     default = train.setup_cfg(train.build_parser().parse_args(["--trainer", "DropoutPrompt"])).TRAINER.DPL
     assert (default.MAG_INIT_A, default.RES_DENOMINATOR, default.PROMPT_INIT, default.LEARNABLE_LOGIT_SCALE) == (
         0.0, "one_minus_lambda", "normal", False)
@@ -83,3 +89,28 @@ def test_a_learnable_logit_scale_starts_at_clips_is_clamped_trained_and_saved_an
     with torch.no_grad():
         model.log_logit_scale.fill_(5.0)
     assert model.logit_scale.item() == pytest.approx(100.0)  # clamped to ln 100 before exp
+
+
+def test_a_clean_teacher_view_reaches_the_teacher_and_the_student_keeps_its_augmented_batch(tmp_path, tiny_clip_path):
+    trainer = build_trainer_in_process(tmp_path, tiny_clip_path, "DropoutPrompt", CONFIG, "INPUT.TEACHER_VIEW", "clean")
+    batch = next(iter(trainer.train_loader_x))
+    clean = clean_view_transform(trainer.cfg)
+    expected = torch.stack([clean(Image.open(path).convert("RGB")) for path in batch["impath"]])
+    torch.testing.assert_close(batch["img_teacher"], expected)  # CLIP's test preprocessing, not augmented
+    assert not torch.equal(batch["img"], batch["img_teacher"])  # the student's random crop and flip
+    assert "img_teacher" not in next(iter(trainer.test_loader))
+    model = trainer.model.train()
+    student, teacher = batch["img"], batch["img_teacher"]
+    out = model.forward_train(student, teacher_images=teacher)
+    torch.testing.assert_close(out["teacher_image_features"], model.zero_shot_image_features(teacher))
+    assert trainer.extra_train_inputs(batch)["teacher_images"] is not None
+    default = build_trainer_in_process(tmp_path / "same", tiny_clip_path, "DropoutPrompt", CONFIG)
+    assert "img_teacher" not in next(iter(default.train_loader_x)) and default.extra_train_inputs({}) == {}
+
+
+def test_a_teacher_view_for_a_trainer_without_a_teacher_is_refused(tmp_path, tiny_clip_path):
+    with pytest.raises(UserError, match="INPUT.TEACHER_VIEW is 'clean', but CoOp has no frozen image teacher"):
+        build_trainer_in_process(tmp_path, tiny_clip_path, "CoOp", "CoOp/vit_b16_ep50.yaml",
+                                 "INPUT.TEACHER_VIEW", "clean")
+    with pytest.raises(ValueError, match=r"INPUT.TEACHER_VIEW is 'both': use one of \['same', 'clean'\]"):
+        build_trainer_in_process(tmp_path / "b", tiny_clip_path, "DropoutPrompt", CONFIG, "INPUT.TEACHER_VIEW", "both")

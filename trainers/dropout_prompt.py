@@ -209,11 +209,11 @@ class DropoutPromptModel(PromptSRCModel):
 
         return hook(self.drop_layers_text), hook(self.drop_layers_vision)
 
-    def forward_train(self, images):
+    def forward_train(self, images, teacher_images=None):
         """PromptSRC's student/teacher outputs under token dropout, plus ``vision_mag_features`` and
         ``text_mag_features``: the MAG features per MAG layer ([B, K, D] / [C, K, D]; empty in eval mode)."""
         text_hook, vision_hook = self.make_hooks()
-        out = super().forward_train(images, text_hook=text_hook, vision_hook=vision_hook)
+        out = super().forward_train(images, text_hook=text_hook, vision_hook=vision_hook, teacher_images=teacher_images)
         if self.log_logit_scale is not None:  # the teacher is frozen CLIP, its scale too
             out["teacher_logits"] = (super().logit_scale * out["teacher_image_features"]
                                      @ out["teacher_text_features"].t())
@@ -261,9 +261,9 @@ class DropoutPrompt(SelfRegulatingTrainer):
         settings = self.settings
         return residual_lambda(self.epoch, self.max_epoch, settings.res_lambda, settings.res_lambda_fixed)
 
-    def compute_losses(self, images, labels):
+    def compute_losses(self, images, labels, teacher_images=None):
         settings, model = self.settings, self.model
-        out = model.forward_train(images)
+        out = model.forward_train(images, teacher_images=teacher_images)
         text, image, logits = out["text_features"], out["image_features"], out["logits"]
         entropy_v, entropy_t = residual_entropies(image, out["teacher_image_features"], text,
                                                   out["teacher_text_features"], model.logit_scale,

@@ -38,6 +38,9 @@ _C.INPUT.RANDAUGMENT_M = 10
 _C.INPUT.PATCH_RANDAUGMENT_N = 2
 _C.INPUT.PATCH_RANDAUGMENT_M = 7
 _C.INPUT.PATCH_RANDAUGMENT_PATCH = 16
+# What a frozen image teacher (PromptSRC, DropoutPrompt) sees of a training image: "same" (the student's augmented
+# view) or "clean" (CLIP's test preprocessing: the smaller edge resized to the input size, centre crop)
+_C.INPUT.TEACHER_VIEW = "same"
 _C.INPUT.COLORJITTER_B = 0.4
 _C.INPUT.COLORJITTER_C = 0.4
 _C.INPUT.COLORJITTER_S = 0.4

@@ -28,7 +28,7 @@ from dpl.utils.errors import InvalidInputError, UnreadableFileError
 
 from .datasets import build_dataset
 from .samplers import EpochSampler, ShardSampler, build_sampler
-from .transforms import build_transform, interpolation_mode
+from .transforms import build_transform, interpolation_mode, teacher_view_transform
 
 
 def epoch_seed(seed, epoch, purpose="train-loader"):
@@ -251,7 +251,9 @@ class DatasetWrapper(TorchDataset):
     """Items as dicts ``{"label", "domain", "impath", "index", "img"}`` (Dassl's keys).
 
     A list of transforms gives ``img``, ``img2``, ...; ``DATALOADER.K_TRANSFORMS > 1`` (training) gives
-    a list of K views per key; ``DATALOADER.RETURN_IMG0`` adds ``img0`` (resized, not augmented).
+    a list of K views per key; ``DATALOADER.RETURN_IMG0`` adds ``img0`` (resized, not augmented);
+    ``INPUT.TEACHER_VIEW clean`` adds ``img_teacher`` to training items (the test preprocessing, for a frozen
+    image teacher).
     """
 
     def __init__(self, cfg, data_source, transform=None, is_train=False):
@@ -261,6 +263,7 @@ class DatasetWrapper(TorchDataset):
         self.is_train = is_train
         self.k_tfm = cfg.DATALOADER.K_TRANSFORMS if is_train else 1
         self.return_img0 = cfg.DATALOADER.RETURN_IMG0
+        self.teacher_view = teacher_view_transform(cfg, is_train)
         if self.k_tfm > 1 and transform is None:
             raise InvalidInputError(f"DATALOADER.K_TRANSFORMS = {self.k_tfm} needs a transform to apply K times")
         img0 = [T.Resize(tuple(cfg.INPUT.SIZE), interpolation=interpolation_mode(cfg.INPUT.INTERPOLATION)),
@@ -291,6 +294,8 @@ class DatasetWrapper(TorchDataset):
             output["img"] = self._apply(self.transform, img0)
         if self.return_img0:
             output["img0"] = self.to_tensor(img0)
+        if self.teacher_view is not None:
+            output["img_teacher"] = self.teacher_view(img0)
 
     def _apply(self, tfm, img0):
         views = [tfm(img0) for _ in range(self.k_tfm)]

@@ -256,6 +256,9 @@ class ClipPromptTrainer(TrainerX):
         prec = self.node_of(cfg).PREC
         if prec not in PRECISIONS:
             raise UserError(f"TRAINER.{self.CFG_NODE}.PREC is {prec!r}; use one of {list(PRECISIONS)}")
+        if cfg.INPUT.TEACHER_VIEW != "same" and type(self).extra_train_inputs is ClipPromptTrainer.extra_train_inputs:
+            raise UserError(f"INPUT.TEACHER_VIEW is {cfg.INPUT.TEACHER_VIEW!r}, but {type(self).__name__} has no "
+                            "frozen image teacher to show it (PromptSRC and DropoutPrompt have): leave it at 'same'")
         self.settings = self.read_settings(cfg)
 
     @classmethod
@@ -360,10 +363,14 @@ class ClipPromptTrainer(TrainerX):
         logits = self.model(images)
         return logits, {"loss_ce": F.cross_entropy(logits.float(), labels)}
 
+    def extra_train_inputs(self, batch):
+        """Keyword inputs of ``compute_losses`` besides images and labels (none here)."""
+        return {}
+
     def forward_backward(self, batch):
         images, labels = self.parse_batch_train(batch)
         with self.autocast():
-            logits, components = self.compute_losses(images, labels)
+            logits, components = self.compute_losses(images, labels, **self.extra_train_inputs(batch))
         loss = sum(components.values())
         self.backward_and_update(loss, components)
         summary = {"loss": loss.item()}

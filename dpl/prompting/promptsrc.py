@@ -144,11 +144,12 @@ class PromptSRCModel(IVLPModel):
         """Normalised ``[B, D]`` features of the frozen image encoder with prompts off."""
         return F.normalize(self.vision_encoder(images).float(), dim=-1)
 
-    def forward_train(self, images, text_hook=None, vision_hook=None):
-        """Student and teacher features/logits of one training batch (a dict of tensors)."""
+    def forward_train(self, images, text_hook=None, vision_hook=None, teacher_images=None):
+        """Student and teacher features/logits of one training batch (a dict of tensors); the frozen teacher
+        sees ``teacher_images`` when given (``INPUT.TEACHER_VIEW clean``), else the student's ``images``."""
         text_features = self.encode_text(hook=text_hook)  # [C, D]
         image_features = self.encode_image(images, hook=vision_hook)  # [B, D]
-        teacher_image_features = self.zero_shot_image_features(images)
+        teacher_image_features = self.zero_shot_image_features(images if teacher_images is None else teacher_images)
         return {
             "text_features": text_features,
             "image_features": image_features,
@@ -168,6 +169,12 @@ class SelfRegulatingTrainer(ClipPromptTrainer):
     def build_model(self):
         super().build_model()
         self.gpa = self.build_gpa()
+
+    def extra_train_inputs(self, batch):
+        """The frozen teacher's own view of the batch (``img_teacher``, from ``INPUT.TEACHER_VIEW clean``)."""
+        if "img_teacher" not in batch:
+            return {}
+        return {"teacher_images": batch["img_teacher"].to(self.device)}
 
     def build_gpa(self):
         """The prompt aggregator of ``settings.gpa`` (None without GPA)."""

@@ -139,7 +139,31 @@ def _build_test(cfg, choices, interp):
     size = tuple(cfg.INPUT.SIZE)
     print(f"+ resize the smaller edge to {max(size)}")
     print(f"+ {size[0]}x{size[1]} center crop")
+    return _clean_view_steps(cfg, interp)
+
+
+def _clean_view_steps(cfg, interp):
+    size = tuple(cfg.INPUT.SIZE)
     return [T.Resize(max(size), interpolation=interp), T.CenterCrop(size)]
+
+
+TEACHER_VIEWS = ("same", "clean")
+
+
+def clean_view_transform(cfg):
+    """The test pipeline (without its log lines): what ``INPUT.TEACHER_VIEW clean`` shows a frozen teacher."""
+    steps = _clean_view_steps(cfg, interpolation_mode(cfg.INPUT.INTERPOLATION)) + [T.ToTensor()]
+    if "normalize" in cfg.INPUT.TRANSFORMS:
+        steps.append(T.Normalize(mean=cfg.INPUT.PIXEL_MEAN, std=cfg.INPUT.PIXEL_STD))
+    return T.Compose(steps)
+
+
+def teacher_view_transform(cfg, is_train):
+    """``clean_view_transform`` for a training set under ``INPUT.TEACHER_VIEW clean``, else None."""
+    view = cfg.INPUT.TEACHER_VIEW
+    if view not in TEACHER_VIEWS:
+        raise InvalidInputError(f"INPUT.TEACHER_VIEW is {view!r}: use one of {list(TEACHER_VIEWS)}")
+    return clean_view_transform(cfg) if is_train and view == "clean" else None
 
 
 def _tensor_steps(cfg, choices, normalize, is_train):
