@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The seven methods side by side on the pocket base-to-novel protocol, on a CPU, with no download:
-# ZeroshotCLIP, CoOp, CoCoOp, KgCoOp, MaPLe, PromptSRC and DropoutPrompt, seeds 1 2 3, then the Base / New /
+# ZeroshotCLIP, CoOp, CoCoOp, KgCoOp, MaPLe, PromptSRC and DropoutPrompt, plus DropoutPrompt with the official
+# code's recipe (its _official config, row "DropoutPrompt [<TAG>-official]"), seeds 1 2 3, then the Base / New /
 # HM table.
 #
 #   bash scripts/pocket_benchmark.sh            # (DATA, OUTPUT, PYTHON, SEEDS as below)
@@ -52,5 +53,9 @@ run zsclip
 for method in coop cocoop kgcoop maple promptsrc dpl; do
     run "$method" "${SCHEDULE[@]}" OPTIM.MAX_EPOCH "${EPOCHS[$method]}" OPTIM.LR "${LR[$method]}"
 done
+# The official recipe: its own views (clean teacher view, patch RandAugment, no crop) and AdamW, at 2x its LR as
+# the other deep-prompt methods, over the same 6 epochs of batch 16.
+CFG=vit_b16_c2_ep20_batch4_4+4ctx_official TAG="$TAG-official" run dpl DATALOADER.TRAIN_X.BATCH_SIZE 16 \
+    OPTIM.WARMUP_EPOCH 0 TRAIN.PRINT_FREQ 6 OPTIM.MAX_EPOCH 6 OPTIM.LR 0.0004
 "$PYTHON" "$REPO/parse_results.py" --protocol base2new "$OUTPUT/base2new" --datasets pocket --seeds "${SEEDS[@]}"
 echo "(pocket numbers are a smoke test of the code path and the methods' trade-offs, not a reproduction of the paper)"

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 import dpl.tools.train as train
+from dpl.clip.prompted import LayerHook, run_blocks
 from dpl.data.transforms.transforms import clean_view_transform
 from dpl.drople import AlignmentGuidance, residual_denominator, residual_entropies, residual_features
 from dpl.engine.errors import UserError
@@ -21,14 +22,14 @@ def test_the_official_config_sets_every_switch_to_the_official_value():
     args = train.build_parser().parse_args(["--trainer", "DropoutPrompt", "--config-file", str(OFFICIAL)])
     node = train.setup_cfg(args).TRAINER.DPL
     assert node.MAG_INIT_A == pytest.approx(math.sqrt(5), abs=1e-12)
-    assert (node.RES_DENOMINATOR, node.PROMPT_INIT, node.LEARNABLE_LOGIT_SCALE) == (
-        "official", "kaiming_uniform", True)
+    assert (node.RES_DENOMINATOR, node.PROMPT_INIT, node.LEARNABLE_LOGIT_SCALE, node.PERTURB_ORDER) == (
+        "official", "kaiming_uniform", True, "before_prompts")
     inp = train.setup_cfg(args).INPUT
     assert (list(inp.TRANSFORMS), inp.TEACHER_VIEW) == (["center_crop", "patch_randaugment", "normalize"], "clean")
     assert (inp.PATCH_RANDAUGMENT_N, inp.PATCH_RANDAUGMENT_M, inp.PATCH_RANDAUGMENT_PATCH) == (2, 7, 16)
     default = train.setup_cfg(train.build_parser().parse_args(["--trainer", "DropoutPrompt"])).TRAINER.DPL
-    assert (default.MAG_INIT_A, default.RES_DENOMINATOR, default.PROMPT_INIT, default.LEARNABLE_LOGIT_SCALE) == (
-        0.0, "one_minus_lambda", "normal", False)
+    assert (default.MAG_INIT_A, default.RES_DENOMINATOR, default.PROMPT_INIT, default.LEARNABLE_LOGIT_SCALE,
+            default.PERTURB_ORDER) == (0.0, "one_minus_lambda", "normal", False, "after_prompts")
 
 
 def test_bridge_tokens_start_in_the_bound_of_their_kaiming_a():
@@ -114,3 +115,65 @@ def test_a_teacher_view_for_a_trainer_without_a_teacher_is_refused(tmp_path, tin
                                  "INPUT.TEACHER_VIEW", "clean")
     with pytest.raises(ValueError, match=r"INPUT.TEACHER_VIEW is 'both': use one of \['same', 'clean'\]"):
         build_trainer_in_process(tmp_path / "b", tiny_clip_path, "DropoutPrompt", CONFIG, "INPUT.TEACHER_VIEW", "both")
+
+
+class AddToEveryToken(LayerHook):
+    """Marks what a hook changed: +100 on every token, after each block."""
+
+    def __init__(self, before_prompts):
+        self.before_prompts = before_prompts
+        self.seen = []
+
+    def __call__(self, x, layer, layout, attn):
+        self.seen.append(x.clone())
+        return x + 100.0
+
+
+class Recorder(torch.nn.Module):
+    """An identity block that records its input ([L, N, D])."""
+
+    def __init__(self, inputs):
+        super().__init__()
+        self.inputs = inputs
+
+    def forward(self, x):
+        self.inputs.append(x.clone())
+        return x
+
+
+@pytest.mark.parametrize("before_prompts", [False, True])
+def test_in_the_official_order_the_next_prompts_overwrite_what_the_hook_did_to_the_prompt_positions(before_prompts):
+    inputs = []
+    blocks = [Recorder(inputs) for _ in range(3)]
+    prompts = torch.tensor([10.0, 20.0])  # the deep prompts of blocks 1 and 2, at position 1
+
+    def place(h, block_index):  # h: [L, N, D]; positions 0 and 2 are other tokens
+        if not 1 <= block_index <= 2:
+            return h
+        return torch.cat([h[:1], torch.full_like(h[1:2], prompts[block_index - 1]), h[2:]])
+
+    hook = AddToEveryToken(before_prompts)
+    out = run_blocks(blocks, torch.zeros(3, 1, 1), place, hook, layout=None)
+    at_prompt = [inputs[block][1].item() for block in (1, 2)]  # what blocks 1 and 2 receive at the prompt position
+    seen_at_prompt = [hook.seen[layer][0, 1].item() for layer in (0, 1)]  # what the hook read there after block l
+    if before_prompts:  # the official order: the next prompts overwrite the hook's work at their positions
+        assert at_prompt == [10.0, 20.0]
+        assert seen_at_prompt == [0.0, 10.0]  # block l's own output, before block l + 1's prompts
+        assert out[1].item() == 120.0  # after the last prompted layer, the hook's work stays
+    else:  # ours: the hook works on what block l + 1 receives, its fresh prompts included
+        assert at_prompt == [110.0, 120.0]
+        assert seen_at_prompt == [10.0, 20.0]
+        assert out[1].item() == 220.0
+    assert [inputs[block][0].item() for block in (1, 2)] == [100.0, 200.0]  # other tokens: the same in both
+
+
+def test_dropout_prompt_uses_the_official_order_when_asked_and_trains(tmp_path, tiny_clip_path):
+    trainer = build_trainer_in_process(tmp_path, tiny_clip_path, "DropoutPrompt", CONFIG,
+                                       "TRAINER.DPL.PERTURB_ORDER", "before_prompts")
+    model = trainer.model.train()
+    text_hook, vision_hook = model.make_hooks()
+    assert text_hook.before_prompts and vision_hook.before_prompts
+    summary = trainer.forward_backward({"img": torch.rand(4, 3, 32, 32), "label": torch.tensor([0, 1, 0, 1])})
+    assert all(math.isfinite(value) for value in summary.values())
+    default = build_trainer_in_process(tmp_path / "d", tiny_clip_path, "DropoutPrompt", CONFIG).model.train()
+    assert not default.make_hooks()[0].before_prompts

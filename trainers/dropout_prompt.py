@@ -47,6 +47,9 @@ DPL_DEFAULTS = dict(
     P_MIN=0.1,
     P_MAX=0.5,
     UNIFORM_P=0.3,  # midpoint of [P_MIN, P_MAX]: the same mean rate without importance
+    # after_prompts: a block's output is perturbed once the next layer's prompts are in place (noise on the prompts
+    # too) | before_prompts: the official order, the next prompts overwrite the perturbed prompt positions
+    PERTURB_ORDER="after_prompts",
     DROP_LAYERS_TEXT=(),  # layers after which text tokens are perturbed; () = the prompted layers, ["none"] = none
     DROP_LAYERS_VISION=(),
     # Multimodal alignment guidance
@@ -73,6 +76,7 @@ DPL_DEFAULTS = dict(
 )
 TEACHER_TEMPLATE_CHOICES = ("promptsrc", "dataset")
 PROMPT_INITS = ("normal", "kaiming_uniform")
+PERTURB_ORDERS = ("after_prompts", "before_prompts")
 LOGIT_SCALE_MAX = math.log(100.0)  # the official learnable scale's upper clamp (before exp), also OpenAI CLIP's value
 LOSS_WEIGHTS = ("mag_weight", "res_weight", "text_loss_weight", "image_loss_weight", "kl_weight", "res_lambda")
 # PromptSRC's consistency terms under the names this method has always logged.
@@ -97,6 +101,7 @@ class DropoutPromptSettings:
     res_lambda: float
     res_lambda_fixed: bool
     res_denominator: str
+    perturb_order: str
     prompt_init: str
     learnable_logit_scale: bool
     text_loss_weight: float
@@ -115,6 +120,7 @@ class DropoutPromptSettings:
         require(self.res_denominator in RESIDUAL_DENOMINATORS, "res_denominator",
                 f"use one of {list(RESIDUAL_DENOMINATORS)}")
         require(self.prompt_init in PROMPT_INITS, "prompt_init", f"use one of {list(PROMPT_INITS)}")
+        require(self.perturb_order in PERTURB_ORDERS, "perturb_order", f"use one of {list(PERTURB_ORDERS)}")
         require(self.mag_init_a >= 0, "mag_init_a", "it must be >= 0")
         uses_mag = self.mag_weight > 0 or self.dropout.needs_alignment
         require(self.mag_tokens >= 1 or not uses_mag, "mag_tokens",
@@ -130,7 +136,7 @@ class DropoutPromptSettings:
             mag_tokens=node.MAG_TOKENS, mag_temperature=node.MAG_TEMPERATURE, mag_weight=node.MAG_WEIGHT,
             mag_detach=bool(node.MAG_DETACH), mag_init_a=float(node.MAG_INIT_A), res_weight=node.RES_WEIGHT,
             res_lambda=node.RES_LAMBDA, res_lambda_fixed=bool(node.RES_LAMBDA_FIXED),
-            res_denominator=node.RES_DENOMINATOR, prompt_init=node.PROMPT_INIT,
+            res_denominator=node.RES_DENOMINATOR, perturb_order=node.PERTURB_ORDER, prompt_init=node.PROMPT_INIT,
             learnable_logit_scale=bool(node.LEARNABLE_LOGIT_SCALE), text_loss_weight=node.TEXT_LOSS_WEIGHT,
             image_loss_weight=node.IMAGE_LOSS_WEIGHT, kl_weight=node.KL_WEIGHT,
             teacher_templates=node.TEACHER_TEMPLATES, label_smoothing=node.LABEL_SMOOTHING,
@@ -178,6 +184,7 @@ class DropoutPromptModel(PromptSRCModel):
                 "MAG pairs prompted vision and text layers, but PROMPT_DEPTH_VISION/N_CTX_VISION leave none: "
                 "set MAG_WEIGHT 0 or add vision prompts")
         self.detach_mag = settings.mag_detach
+        self.hooks_before_prompts = settings.perturb_order == "before_prompts"
         self.mag = None
         if self.mag_layers or self.dropout.needs_alignment:
             self.mag = AlignmentGuidance(settings.mag_tokens, self.arch.vision_width, self.arch.text_width,
@@ -205,7 +212,8 @@ class DropoutPromptModel(PromptSRCModel):
             return None, None
 
         def hook(drop_layers):
-            return TokenDropoutHook(self.dropout, drop_layers, self.mag, self.mag_layers, self.detach_mag)
+            return TokenDropoutHook(self.dropout, drop_layers, self.mag, self.mag_layers, self.detach_mag,
+                                    before_prompts=self.hooks_before_prompts)
 
         return hook(self.drop_layers_text), hook(self.drop_layers_vision)
 

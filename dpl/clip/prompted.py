@@ -47,7 +47,11 @@ class LayerHook:
     block ``layer + 1`` are in place; what it returns is exactly the input of block ``layer + 1``
     (after the last block: the input of the final layer norm). ``x`` is ``[N, L, D]``; ``attn`` is
     ``[N, heads, L, L]`` (no grad) of block ``layer`` when ``wants_attention(layer)``, else None.
+    A hook with ``before_prompts = True`` runs on block ``layer``'s output *before* those prompts are
+    placed: they then overwrite what it returned at the prompt positions.
     """
+
+    before_prompts = False
 
     def wants_attention(self, layer: int) -> bool:
         return False
@@ -138,15 +142,20 @@ def run_blocks(blocks, x, place_prompts, hook, layout, use_checkpoint=False):
     """Run ``blocks`` over ``x`` ``[L, N, D]``.
 
     After block ``l``: ``place_prompts(x, l + 1)`` puts the deep prompts of block ``l + 1`` in place,
-    then the hook sees (and may replace) exactly what block ``l + 1`` will receive.
+    then the hook sees (and may replace) exactly what block ``l + 1`` will receive; a hook with
+    ``before_prompts`` sees block ``l``'s output before the prompts are placed.
     """
+    before = hook is not None and hook.before_prompts
     for layer, block in enumerate(blocks):
         wants = hook is not None and hook.wants_attention(layer)
         attn = attention_probs(block, x) if wants else None
         x = _run_block(block, x, use_checkpoint)
-        x = place_prompts(x, layer + 1)
+        if not before:
+            x = place_prompts(x, layer + 1)
         if hook is not None:
             x = hook(x.permute(1, 0, 2), layer, layout, attn).permute(1, 0, 2)
+        if before:
+            x = place_prompts(x, layer + 1)
     return x
 
 

@@ -20,6 +20,9 @@ class TokenDropoutHook(LayerHook):
     the replacement would discard it at every prompted layer but the last). Importance and MAG read the
     same tensor: block ``layer``'s output with block ``layer + 1``'s prompts at the prompt positions, and
     the attention terms come from block ``layer``'s attention (positions, not the prompt values, match).
+    ``before_prompts=True`` is the official code's order instead: importance, MAG and the perturbation
+    act on block ``layer``'s output, and the next prompts then overwrite the prompt positions (text: only
+    SOS keeps noise at the prompted layers; vision: the appended prompts only after the last one).
 
     drop_layers: layers after which tokens are perturbed (importance from that block's attention and MAG
         attention over the hook's input);
@@ -28,7 +31,8 @@ class TokenDropoutHook(LayerHook):
         unless ``detach_mag``. One hook object serves one encoder call (text chunks are concatenated).
     """
 
-    def __init__(self, dropout, drop_layers=(), mag=None, mag_layers=(), detach_mag=False):
+    def __init__(self, dropout, drop_layers=(), mag=None, mag_layers=(), detach_mag=False, before_prompts=False):
+        self.before_prompts = before_prompts
         self.dropout = dropout
         self.drop_layers = frozenset(drop_layers) if dropout.active else frozenset()
         self.mag_layers = frozenset(mag_layers)
