@@ -203,7 +203,7 @@ class DropoutPromptModel(PromptSRCModel):
     def logit_scale(self):
         """The student's scale: the learnable one clamped to <= 100 (official), else frozen CLIP's."""
         if self.log_logit_scale is None:
-            return super().logit_scale
+            return self.frozen_logit_scale
         return self.log_logit_scale.clamp(max=LOGIT_SCALE_MAX).exp()
 
     def make_hooks(self):
@@ -222,9 +222,6 @@ class DropoutPromptModel(PromptSRCModel):
         ``text_mag_features``: the MAG features per MAG layer ([B, K, D] / [C, K, D]; empty in eval mode)."""
         text_hook, vision_hook = self.make_hooks()
         out = super().forward_train(images, text_hook=text_hook, vision_hook=vision_hook, teacher_images=teacher_images)
-        if self.log_logit_scale is not None:  # the teacher is frozen CLIP, its scale too
-            out["teacher_logits"] = (super().logit_scale * out["teacher_image_features"]
-                                     @ out["teacher_text_features"].t())
         out["vision_mag_features"] = vision_hook.mag_features if vision_hook else []
         out["text_mag_features"] = text_hook.mag_features if text_hook else []
         return out

@@ -176,8 +176,14 @@ class ClipPromptModel(nn.Module):
 
     # --- features and logits
     @property
-    def logit_scale(self):
+    def frozen_logit_scale(self):
+        """Frozen CLIP's scale: what a frozen teacher's logits use, whatever the student's is."""
         return self.clip.logit_scale.exp().float()
+
+    @property
+    def logit_scale(self):
+        """The scale of the model's logits (frozen CLIP's unless a method learns its own)."""
+        return self.frozen_logit_scale
 
     def encode_text(self):
         """Normalised class text features ``[C, D]`` (float32)."""

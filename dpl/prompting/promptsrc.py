@@ -156,7 +156,7 @@ class PromptSRCModel(IVLPModel):
             "logits": self.logits(image_features, text_features),
             "teacher_text_features": self.teacher_text_features,
             "teacher_image_features": teacher_image_features,
-            "teacher_logits": self.logits(teacher_image_features, self.teacher_text_features),
+            "teacher_logits": self.frozen_logit_scale * teacher_image_features @ self.teacher_text_features.t(),
         }
 
 
