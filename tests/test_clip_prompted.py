@@ -9,6 +9,7 @@ from dpl.clip import (
     PromptedTextEncoder,
     PromptedVisionEncoder,
     attention_probs,
+    block_with_attention,
     build_class_prompts,
     clip_architecture,
     tokenize,
@@ -342,6 +343,27 @@ def test_attention_probs_directly(tiny_clip):
     block = tiny_clip.transformer.resblocks[1]
     x = _randn(16, 77, 3, 128)
     torch.testing.assert_close(attention_probs(block, x), _stock_attention(block, x), atol=1e-5, rtol=1e-4)
+
+
+
+@pytest.mark.parametrize("tower", ["text", "vision"])
+def test_block_with_attention_equals_the_block_in_output_and_gradient(tiny_clip, tower):
+    """The attention a hook reads comes from the block's own pass: same output, same gradient, stock probabilities."""
+    if tower == "text":
+        block, x = tiny_clip.transformer.resblocks[1], _randn(21, 77, 3, 128)
+    else:
+        block, x = tiny_clip.visual.transformer.resblocks[1], _randn(22, 19, 2, 128)
+    weight = _randn(23, *x.shape)
+    plain_input, joint_input = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    plain = block(plain_input)
+    (plain * weight).sum().backward()
+    joint, probabilities = block_with_attention(block, joint_input)
+    (joint * weight).sum().backward()
+    torch.testing.assert_close(joint, plain, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(joint_input.grad, plain_input.grad, atol=1e-5, rtol=1e-4)
+    with torch.no_grad():
+        torch.testing.assert_close(probabilities, _stock_attention(block, x), atol=1e-5, rtol=1e-4)
+    assert probabilities.grad_fn is None and probabilities.shape == (x.shape[1], 2, x.shape[0], x.shape[0])
 
 
 # ---------------------------------------------------------------- memory options

@@ -6,6 +6,7 @@ from dpl.clip.prompted import (
     PromptedVisionEncoder,
     TokenLayout,
     attention_probs,
+    block_with_attention,
     clip_architecture,
     is_vit,
 )
@@ -33,7 +34,7 @@ from dpl.clip.weights import (
 __all__ = [
     "CACHE_ENV", "CUSTOM_TEMPLATES", "ClassPrompts", "ClipArchitecture", "IMAGENET_TEMPLATES",
     "IMAGENET_TEMPLATES_SELECT", "LayerHook", "PROMPTSRC_TEMPLATES", "PromptedTextEncoder",
-    "PromptedVisionEncoder", "TokenLayout", "attention_probs", "available_backbones", "bpe_ids", "build_class_prompts",
+    "PromptedVisionEncoder", "TokenLayout", "attention_probs", "available_backbones", "block_with_attention", "bpe_ids", "build_class_prompts",
     "class_text", "clip_architecture", "clip_cache_dir", "dataset_template", "fill_template", "is_vit",
     "load_clip", "load_clip_with_info", "read_clip_state_dict", "resolve_clip_weights", "tokenize", "WeightsInfo",
     "weights_sha256",

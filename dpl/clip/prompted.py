@@ -110,32 +110,63 @@ def clip_architecture(clip_model) -> ClipArchitecture:
     )
 
 
-def attention_probs(block, x: torch.Tensor) -> torch.Tensor:
-    """Attention probabilities ``[N, H, L, L]`` of a CLIP ``ResidualAttentionBlock`` for its input ``x`` ``[L, N, D]``.
-
-    Recomputed from the block's ``ln_1`` and ``in_proj`` weights without gradients, so the block
-    itself keeps its fast ``need_weights=False`` path. The block's own mask (causal for text) applies.
-    """
+def _queries_keys_values(block, x):
+    """``ln_1`` and the input projection of a CLIP ``ResidualAttentionBlock``: q, k, v ``[N, H, L, hd]`` of ``x`` ``[L, N, D]``."""
     attn = block.attn
     length, batch, width = x.shape
     heads = attn.num_heads
-    head_dim = width // heads
+    qkv = F.linear(block.ln_1(x), attn.in_proj_weight, attn.in_proj_bias)  # [L, N, 3D]
+    q, k, v = qkv.view(length, batch, 3, heads, width // heads).permute(2, 1, 3, 0, 4)
+    return q, k, v
+
+
+def _attention_mask(block, length, like):
+    """The block's additive mask (causal for text) cropped to ``length``, or None."""
+    if block.attn_mask is None:
+        return None
+    return block.attn_mask[:length, :length].to(device=like.device, dtype=like.dtype)
+
+
+@torch.no_grad()
+def _probabilities(q, k, mask):
+    """softmax(q k^T / sqrt(hd) + mask) ``[N, H, L, L]`` in fp32, returned in q's dtype."""
+    scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)
+    if mask is not None:
+        scores = scores + mask
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+
+
+def block_with_attention(block, x: torch.Tensor):
+    """``block(x)`` for a CLIP ``ResidualAttentionBlock`` and ``x`` ``[L, N, D]``, plus its attention
+    probabilities ``[N, H, L, L]`` (no grad).
+
+    ``ln_1`` and the q/k/v projection run once and serve both; the output still comes from the fused
+    attention kernel, so the probabilities cost one extra ``q k^T`` without gradient. (Differentiating an
+    explicit softmax instead would keep an ``[N, H, L, L]`` tensor per layer for the backward pass.)
+    """
+    q, k, v = _queries_keys_values(block, x)
+    mask = _attention_mask(block, x.shape[0], x)
+    probabilities = _probabilities(q, k, mask)
+    attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [N, H, L, hd]
+    attended = attended.permute(2, 0, 1, 3).reshape(x.shape)  # [L, N, D]
+    x = x + block.attn.out_proj(attended)
+    return x + block.mlp(block.ln_2(x)), probabilities
+
+
+def attention_probs(block, x: torch.Tensor) -> torch.Tensor:
+    """Attention probabilities ``[N, H, L, L]`` of a CLIP ``ResidualAttentionBlock`` for its input ``x`` ``[L, N, D]``,
+    without gradients (the block's own mask, causal for text, applies)."""
     with torch.no_grad():
-        y = block.ln_1(x)
-        bias = attn.in_proj_bias[: 2 * width] if attn.in_proj_bias is not None else None
-        q, k = F.linear(y, attn.in_proj_weight[: 2 * width], bias).chunk(2, dim=-1)  # [L, N, D] each
-        q = q.reshape(length, batch, heads, head_dim).permute(1, 2, 0, 3)  # [N, H, L, hd]
-        k = k.reshape(length, batch, heads, head_dim).permute(1, 2, 0, 3)
-        scores = (q * (1.0 / math.sqrt(head_dim))) @ k.transpose(-2, -1)  # [N, H, L, L]
-        if block.attn_mask is not None:
-            scores = scores + block.attn_mask[:length, :length].to(device=scores.device, dtype=scores.dtype)
-        return torch.softmax(scores, dim=-1, dtype=torch.float32).to(x.dtype)
+        q, k, _ = _queries_keys_values(block, x)
+        return _probabilities(q, k, _attention_mask(block, x.shape[0], x))
 
 
-def _run_block(block, x, use_checkpoint):
+def _run_block(block, x, use_checkpoint, with_attention):
+    """``(block(x), probabilities or None)``, optionally under activation checkpointing."""
+    forward = block_with_attention if with_attention else (lambda b, h: (b(h), None))
     if use_checkpoint and torch.is_grad_enabled():
-        return activation_checkpoint(block, x, use_reentrant=False)
-    return block(x)
+        return activation_checkpoint(forward, block, x, use_reentrant=False)
+    return forward(block, x)
 
 
 def run_blocks(blocks, x, place_prompts, hook, layout, use_checkpoint=False):
@@ -143,13 +174,13 @@ def run_blocks(blocks, x, place_prompts, hook, layout, use_checkpoint=False):
 
     After block ``l``: ``place_prompts(x, l + 1)`` puts the deep prompts of block ``l + 1`` in place,
     then the hook sees (and may replace) exactly what block ``l + 1`` will receive; a hook with
-    ``before_prompts`` sees block ``l``'s output before the prompts are placed.
+    ``before_prompts`` sees block ``l``'s output before the prompts are placed. Blocks whose layer the hook
+    wants attention for return it with their output (``block_with_attention``); the others run unchanged.
     """
     before = hook is not None and hook.before_prompts
     for layer, block in enumerate(blocks):
         wants = hook is not None and hook.wants_attention(layer)
-        attn = attention_probs(block, x) if wants else None
-        x = _run_block(block, x, use_checkpoint)
+        x, attn = _run_block(block, x, use_checkpoint, wants)
         if not before:
             x = place_prompts(x, layer + 1)
         if hook is not None:
