@@ -104,9 +104,38 @@ def test_a_clean_teacher_view_reaches_the_teacher_and_the_student_keeps_its_augm
     student, teacher = batch["img"], batch["img_teacher"]
     out = model.forward_train(student, teacher_images=teacher)
     torch.testing.assert_close(out["teacher_image_features"], model.zero_shot_image_features(teacher))
-    assert trainer.extra_train_inputs(batch)["teacher_images"] is not None
+    torch.testing.assert_close(trainer.extra_train_inputs(batch)["teacher_image_features"], out["teacher_image_features"])
+    del batch["index"]  # without dataset indices there is nothing to cache by: the teacher gets the images
+    assert torch.equal(trainer.extra_train_inputs(batch)["teacher_images"], teacher)
     default = build_trainer_in_process(tmp_path / "same", tiny_clip_path, "DropoutPrompt", CONFIG)
     assert "img_teacher" not in next(iter(default.train_loader_x)) and default.extra_train_inputs({}) == {}
+
+
+
+def test_clean_view_teacher_features_are_computed_once_per_training_image(tmp_path, tiny_clip_path, monkeypatch):
+    trainer = build_trainer_in_process(tmp_path, tiny_clip_path, "DropoutPrompt", CONFIG, "INPUT.TEACHER_VIEW", "clean",
+                                       "DATALOADER.TRAIN_X.BATCH_SIZE", "4")
+    model = trainer.model.train()
+    first, second = [batch for batch, _ in zip(trainer.train_loader_x, range(2))]
+    encode, encoded = model.zero_shot_image_features, []
+    monkeypatch.setattr(model, "zero_shot_image_features", lambda images: encoded.append(len(images)) or encode(images))
+
+    features = trainer.extra_train_inputs(first)["teacher_image_features"]
+    assert encoded == [4]  # a fresh batch is encoded whole: the first epoch computes what it always did
+    assert torch.equal(features, encode(first["img_teacher"]))
+    assert torch.equal(trainer.extra_train_inputs(first)["teacher_image_features"], features) and encoded == [4]
+
+    mixed = {key: torch.cat([first[key][:2], second[key][:2]]) for key in ("index", "img_teacher")}
+    features = trainer.extra_train_inputs(mixed)["teacher_image_features"]
+    assert encoded == [4, 2]  # only the two images not seen before
+    torch.testing.assert_close(features, encode(mixed["img_teacher"]))  # same numbers up to batch-size rounding
+    assert trainer.teacher_features.num_filled == 6
+    assert trainer.teacher_features.key["weights_sha256"] == trainer.weights_info.sha256
+
+    trainer.forward_backward(first)  # the training step takes the cached features
+    assert encoded == [4, 2]
+    default = build_trainer_in_process(tmp_path / "same", tiny_clip_path, "DropoutPrompt", CONFIG)
+    assert default.teacher_features is None  # the student's augmented view changes every epoch: nothing to cache
 
 
 def test_a_teacher_view_for_a_trainer_without_a_teacher_is_refused(tmp_path, tiny_clip_path):

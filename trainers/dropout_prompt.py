@@ -217,11 +217,12 @@ class DropoutPromptModel(PromptSRCModel):
 
         return hook(self.drop_layers_text), hook(self.drop_layers_vision)
 
-    def forward_train(self, images, teacher_images=None):
-        """PromptSRC's student/teacher outputs under token dropout, plus ``vision_mag_features`` and
-        ``text_mag_features``: the MAG features per MAG layer ([B, K, D] / [C, K, D]; empty in eval mode)."""
+    def forward_train(self, images, **teacher_inputs):
+        """PromptSRC's student/teacher outputs under token dropout (``teacher_inputs``: see ``PromptSRCModel``), plus
+        ``vision_mag_features`` and ``text_mag_features``: the MAG features per MAG layer ([B, K, D] / [C, K, D];
+        empty in eval mode)."""
         text_hook, vision_hook = self.make_hooks()
-        out = super().forward_train(images, text_hook=text_hook, vision_hook=vision_hook, teacher_images=teacher_images)
+        out = super().forward_train(images, text_hook=text_hook, vision_hook=vision_hook, **teacher_inputs)
         out["vision_mag_features"] = vision_hook.mag_features if vision_hook else []
         out["text_mag_features"] = text_hook.mag_features if text_hook else []
         return out
@@ -266,9 +267,9 @@ class DropoutPrompt(SelfRegulatingTrainer):
         settings = self.settings
         return residual_lambda(self.epoch, self.max_epoch, settings.res_lambda, settings.res_lambda_fixed)
 
-    def compute_losses(self, images, labels, teacher_images=None):
+    def compute_losses(self, images, labels, **teacher_inputs):
         settings, model = self.settings, self.model
-        out = model.forward_train(images, teacher_images=teacher_images)
+        out = model.forward_train(images, **teacher_inputs)
         text, image, logits = out["text_features"], out["image_features"], out["logits"]
         entropy_v, entropy_t = residual_entropies(image, out["teacher_image_features"], text,
                                                   out["teacher_text_features"], model.logit_scale,

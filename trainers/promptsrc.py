@@ -65,8 +65,8 @@ class PromptSRC(SelfRegulatingTrainer):
         prompts = self.settings.prompts.fitted_to(clip_architecture(clip_model), self.node_name)
         return PromptSRCModel(clip_model, classnames, prompts)
 
-    def compute_losses(self, images, labels, teacher_images=None):
-        out = self.model.forward_train(images, teacher_images=teacher_images)
+    def compute_losses(self, images, labels, **teacher_inputs):
+        out = self.model.forward_train(images, **teacher_inputs)
         losses = {"loss_ce": F.cross_entropy(out["logits"], labels)}
         losses.update(promptsrc_consistency_losses(
             out["text_features"], out["image_features"], out["logits"], out["teacher_text_features"],

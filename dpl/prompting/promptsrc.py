@@ -10,7 +10,9 @@ Per step, with ``txt_f``/``img_f`` the normalised prompted features and ``logits
 state, and loads it into the prompts after the last epoch.
 
 ``SelfRegulatingTrainer`` is the trainer base of PromptSRC and DropoutPrompt: GPA through the epochs,
-in the checkpoints and at resume.
+in the checkpoints and at resume, and the frozen image teacher's input: the student's batch, or under
+``INPUT.TEACHER_VIEW clean`` its own fixed view, whose features are computed once per training image
+(``TeacherFeatureCache``).
 """
 import math
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ from dpl.engine.errors import UserError
 from .base import ClipPromptTrainer
 from .ivlp import IVLPModel
 from .settings import require
+from .teacher_cache import TeacherFeatureCache
 
 GPA_LOG_LINE = "Using GPA model for final inference..."
 
@@ -144,12 +147,14 @@ class PromptSRCModel(IVLPModel):
         """Normalised ``[B, D]`` features of the frozen image encoder with prompts off."""
         return F.normalize(self.vision_encoder(images).float(), dim=-1)
 
-    def forward_train(self, images, text_hook=None, vision_hook=None, teacher_images=None):
-        """Student and teacher features/logits of one training batch (a dict of tensors); the frozen teacher
-        sees ``teacher_images`` when given (``INPUT.TEACHER_VIEW clean``), else the student's ``images``."""
+    def forward_train(self, images, text_hook=None, vision_hook=None, teacher_images=None, teacher_image_features=None):
+        """Student and teacher features/logits of one training batch (a dict of tensors). The frozen teacher
+        sees ``teacher_images`` when given (``INPUT.TEACHER_VIEW clean``), else the student's ``images``;
+        ``teacher_image_features`` (normalised ``[B, D]``, e.g. cached) replace that forward pass."""
         text_features = self.encode_text(hook=text_hook)  # [C, D]
         image_features = self.encode_image(images, hook=vision_hook)  # [B, D]
-        teacher_image_features = self.zero_shot_image_features(images if teacher_images is None else teacher_images)
+        if teacher_image_features is None:
+            teacher_image_features = self.zero_shot_image_features(images if teacher_images is None else teacher_images)
         return {
             "text_features": text_features,
             "image_features": image_features,
@@ -169,12 +174,32 @@ class SelfRegulatingTrainer(ClipPromptTrainer):
     def build_model(self):
         super().build_model()
         self.gpa = self.build_gpa()
+        self.teacher_features = self.build_teacher_feature_cache()
+
+    def build_teacher_feature_cache(self):
+        """A ``TeacherFeatureCache`` over the training set when the teacher's view is fixed (``clean``), else None."""
+        if self.cfg.INPUT.TEACHER_VIEW != "clean":
+            return None
+        weights = getattr(self, "weights_info", None)
+        key = {"weights_sha256": weights.sha256 if weights is not None else None, "view": "clean",
+               "size": list(self.cfg.INPUT.SIZE), "interpolation": self.cfg.INPUT.INTERPOLATION}
+        print("Frozen image teacher: clean-view features are computed once per training image and reused")
+        return TeacherFeatureCache(len(self.dm.dataset.train_x), key)
 
     def extra_train_inputs(self, batch):
-        """The frozen teacher's own view of the batch (``img_teacher``, from ``INPUT.TEACHER_VIEW clean``)."""
+        """The frozen teacher's input under ``INPUT.TEACHER_VIEW clean``: its features of each item's ``img_teacher``
+        (from the cache, encoding only the images it has not seen), or the images when the batch has no ``index``."""
         if "img_teacher" not in batch:
             return {}
-        return {"teacher_images": batch["img_teacher"].to(self.device)}
+        images = batch["img_teacher"]
+        if self.teacher_features is None or "index" not in batch:
+            return {"teacher_images": images.to(self.device)}
+
+        def encode(rows):
+            rows_images = images if len(rows) == len(images) else images[rows]
+            return self.model.zero_shot_image_features(rows_images.to(self.device))
+
+        return {"teacher_image_features": self.teacher_features.lookup(batch["index"], encode)}
 
     def build_gpa(self):
         """The prompt aggregator of ``settings.gpa`` (None without GPA)."""
