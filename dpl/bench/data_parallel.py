@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from dpl.bench.measure import Task, synthetic_batch, training_step_seconds
+from dpl.bench.measure import Task, synthetic_training_batch, training_step_seconds
 from dpl.bench.models import EVAL_ONLY_TRAINERS, bench_cfg, build_bench_trainer
 
 
@@ -61,10 +61,11 @@ def _time_steps(task, processes, rank):
     cfg = bench_cfg(task.trainer, task.backbone_name, task.weights_path, task.resolution, device,
                     task.output_dir)
     with contextlib.redirect_stdout(io.StringIO()):
-        trainer = build_bench_trainer(cfg, task.num_classes)
+        trainer = build_bench_trainer(cfg, task.num_classes, task.batch_size)
     hooks = trainer.world.average_gradients(trainer.optimized_parameters())
     generator = torch.Generator().manual_seed(task.seed + rank)
-    batch = synthetic_batch(task.batch_size // processes, task.num_classes, task.resolution, trainer.device, generator)
+    batch = synthetic_training_batch(cfg, task.batch_size // processes, task.num_classes, task.resolution,
+                                     trainer.device, generator)
     training_step_seconds(trainer, batch, 0, task.warmup)
     trainer.world.barrier()
     start = time.perf_counter()

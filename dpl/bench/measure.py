@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
 
 from dpl.bench.models import EVAL_ONLY_TRAINERS, bench_cfg, build_bench_trainer
 
@@ -149,6 +150,18 @@ def synthetic_batch(batch_size, num_classes, resolution, device, generator):
     return images.to(device), labels.to(device)
 
 
+def synthetic_training_batch(cfg, batch_size, num_classes, resolution, device, generator):
+    """A training batch as the data loader yields it: ``img``, ``label``, and under ``INPUT.TEACHER_VIEW clean``
+    the teacher's view ``img_teacher`` and the items' dataset ``index`` (items ``0 .. B-1``, the same every step:
+    the steady state of a teacher-feature cache, from the second epoch on)."""
+    images, labels = synthetic_batch(batch_size, num_classes, resolution, device, generator)
+    batch = {"img": images, "label": labels}
+    if cfg.INPUT.TEACHER_VIEW == "clean":
+        batch["img_teacher"] = torch.randn(batch_size, 3, resolution, resolution, generator=generator)
+        batch["index"] = torch.arange(batch_size)
+    return batch
+
+
 def training_step_seconds(trainer, batch, steps, warmup):
     """(wall, CPU) seconds of each timed ``forward_backward`` (forward, backward, optimizer step) after
     ``warmup`` untimed steps."""
@@ -163,8 +176,7 @@ def training_step_seconds(trainer, batch, steps, warmup):
 
 
 def _train_step(trainer, batch):
-    images, labels = batch
-    return trainer.forward_backward({"img": images, "label": labels})
+    return trainer.forward_backward(batch)
 
 
 def training_step_flops(trainer, batch):
@@ -173,7 +185,7 @@ def training_step_flops(trainer, batch):
     from torch.utils.flop_counter import FlopCounterMode
 
     trainer.set_model_mode("train")
-    with FlopCounterMode(display=False) as counter:
+    with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
         _train_step(trainer, batch)
     return counter.get_total_flops()
 
@@ -194,6 +206,22 @@ def evaluation_seconds(trainer, batches, per_batch_text=False):
     return images_seconds + (text_seconds or 0.0), text_seconds
 
 
+# torch's FLOP counter knows the CUDA attention kernels but not the CPU one that scaled_dot_product_attention
+# (and so every CLIP block) runs on: counted like the others, attention is in every trainer's CPU count.
+def _cpu_attention_forward_flops(query, key, value, *args, out_shape=None, **kwargs):
+    return sdpa_flop_count(query, key, value)
+
+
+def _cpu_attention_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs):
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_forward_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops,
+}
+
+
 # ----- one measurement --------------------------------------------------------------------------
 def measure(task):
     """Run ``task`` in this process; a dict of its settings and results (seconds, MiB, images/s)."""
@@ -212,13 +240,13 @@ def _measure(task):
                     task.output_dir, task.text_chunk_size, task.text_checkpoint)
     log = io.StringIO()
     with contextlib.nullcontext() if task.verbose else contextlib.redirect_stdout(log):
-        trainer = build_bench_trainer(cfg, task.num_classes)
+        trainer = build_bench_trainer(cfg, task.num_classes, task.batch_size)
     device = trainer.device
     generator = torch.Generator().manual_seed(task.seed)
     result = dict(asdict(task), device=str(device), precision=trainer.precision,
                   learnable_parameters=sum(p.numel() for p in trainer.model.learnable_parameters()))
     if task.steps > 0 and task.trainer not in EVAL_ONLY_TRAINERS:
-        batch = synthetic_batch(task.batch_size, task.num_classes, task.resolution, device, generator)
+        batch = synthetic_training_batch(cfg, task.batch_size, task.num_classes, task.resolution, device, generator)
         memory = PeakMemory(device).start()
         wall, cpu = training_step_seconds(trainer, batch, task.steps, task.warmup)
         peak, peak_total = memory.read()

@@ -42,7 +42,11 @@ TRAINER_CONFIGS = {
     "MaPLe": "MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml",
     "PromptSRC": "PromptSRC/vit_b16_c2_ep20_batch4_4+4ctx.yaml",
     "DropoutPrompt": "DropoutPrompt/vit_b16_c2_ep20_batch4_4+4ctx.yaml",
+    # the official code's recipe: its teacher sees a fixed clean view, whose features are computed once per image
+    "DropoutPrompt-official": "DropoutPrompt/vit_b16_c2_ep20_batch4_4+4ctx_official.yaml",
 }
+# Rows that run another registered trainer than their name (a recipe of it).
+TRAINER_OF_ROW = {"DropoutPrompt-official": "DropoutPrompt"}
 EVAL_ONLY_TRAINERS = frozenset({"ZeroshotCLIP"})
 # DATASET.NAME for the hand-crafted templates (KgCoOp's teacher, ZeroshotCLIP): ImageNet's "a photo of a {}."
 TEMPLATE_DATASET = "ImageNet"
@@ -86,7 +90,7 @@ def bench_cfg(trainer_name, backbone_name, weights_path, resolution, device, out
     cfg = get_cfg_default()
     extend_cfg_for_all_trainers(cfg)
     cfg.merge_from_file(str(PROJECT_ROOT / "configs" / "trainers" / TRAINER_CONFIGS[trainer_name]))
-    cfg.TRAINER.NAME = trainer_name
+    cfg.TRAINER.NAME = TRAINER_OF_ROW.get(trainer_name, trainer_name)
     cfg.DATASET.NAME = TEMPLATE_DATASET
     cfg.MODEL.BACKBONE.NAME = backbone_name
     cfg.MODEL.BACKBONE.PATH = str(weights_path or "")
@@ -101,22 +105,25 @@ def bench_cfg(trainer_name, backbone_name, weights_path, resolution, device, out
 
 
 class SyntheticClasses:
-    """Trainer mixin: ``num_classes`` synthetic class names instead of a dataset (no loaders)."""
+    """Trainer mixin: ``num_classes`` synthetic class names and ``num_images`` training items instead of a
+    dataset (no loaders; the items only size what a trainer keeps per training image)."""
 
     bench_num_classes = 0
+    bench_num_images = 1
 
     def build_data_loader(self):
         classnames = synthetic_classnames(self.bench_num_classes)
-        self.dm = SimpleNamespace(dataset=SimpleNamespace(classnames=classnames))
+        self.dm = SimpleNamespace(dataset=SimpleNamespace(classnames=classnames, train_x=[None] * self.bench_num_images))
         self.train_loader_x = self.train_loader_u = self.val_loader = self.test_loader = None
         self.num_classes = len(classnames)
         self.num_source_domains = 1
         self.lab2cname = dict(enumerate(classnames))
 
 
-def build_bench_trainer(cfg, num_classes):
-    """The registered trainer ``cfg.TRAINER.NAME`` constructed over ``num_classes`` synthetic classes."""
+def build_bench_trainer(cfg, num_classes, num_images=1):
+    """The registered trainer ``cfg.TRAINER.NAME`` constructed over ``num_classes`` synthetic classes and
+    ``num_images`` training items."""
     trainer_class = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)
     bench_class = type(f"Bench{trainer_class.__name__}", (SyntheticClasses, trainer_class),
-                       {"bench_num_classes": num_classes})
+                       {"bench_num_classes": num_classes, "bench_num_images": num_images})
     return bench_class(cfg)
