@@ -105,12 +105,37 @@ def test_patch_randaugment_mode_reports_images_per_second_of_both_implementation
     assert rates["speedup"] == pytest.approx(rates["vectorised_images_per_second"] / rates["per_tile_images_per_second"])
 
 
+TOKEN_DROPOUT_KEYS = {"modality", "shape", "mag_tokens", "repeats", "ours_ms", "reference_ms", "ours_cpu_ms",
+                      "reference_cpu_ms", "ratio", "cpu_ratio"}
+
+
+def test_token_dropout_mode_reports_both_paths_and_their_ratios(tmp_path, capsys):
+    out = tmp_path / "td.json"
+    assert bench_main(["--token-dropout", "2", "--batch-size", "2", "--num-classes", "3", "--threads", "1",
+                       "--verbose", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "python -m dpl.bench --token-dropout 2" in text and "1 threads, load average" in text
+    assert "| vision | 2 x 12 x 201 x 768 |" in text and "| text | 3 x 8 x 77 x 512 |" in text
+    for modality in ("vision", "text"):
+        for path in ("ours", "reference"):
+            assert f"Profile, {modality}, {path} (2 calls)" in text
+    doc = json.loads(out.read_text())
+    assert {"date", "command", "host", "torch", "torch_threads", "load_average"} <= set(doc["meta"])
+    rows = {row["modality"]: row for row in doc["token_dropout"]}
+    assert set(rows) == {"vision", "text"}
+    for row in rows.values():
+        assert set(row) == TOKEN_DROPOUT_KEYS and row["repeats"] == 2
+        assert row["ratio"] == pytest.approx(row["reference_ms"] / row["ours_ms"])
+        assert row["cpu_ratio"] == pytest.approx(row["reference_cpu_ms"] / row["ours_cpu_ms"])
+
+
 def test_cli_refuses_bad_arguments(tmp_path):
     existing = tmp_path / "old.json"
     existing.write_text("{}")
     for argv in (["--trainers", "CoOp,Nope"], ["--json", str(existing)], ["--steps", "-1"],
                  ["--trainers", "CoOp", "--target", "DropoutPrompt/CoOp<=1.2"], ["--data-parallel", "1"],
-                 ["--batch-size", "5", "--data-parallel", "2"], ["--patch-randaugment", "-1"]):
+                 ["--batch-size", "5", "--data-parallel", "2"], ["--patch-randaugment", "-1"],
+                 ["--token-dropout", "-1"]):
         with pytest.raises(SystemExit) as exc:
             bench_main(["--arch", "tiny"] + argv)
         assert exc.value.code == 2

@@ -3,7 +3,9 @@
 Each trainer is built by its own code from its shipped config over synthetic classes and images, at a
 chosen CLIP architecture (random weights by default, no download), and measured in a fresh spawned
 process so that its peak memory is its own; the parent prints one table with ratios against
-PromptSRC and CoOp of the same run and can write the numbers as JSON. It passes no judgement unless
+PromptSRC and CoOp of the same run and can write the numbers as JSON. Other modes replace the table:
+``--data-parallel``, ``--patch-randaugment`` (``dpl.bench.transforms``) and ``--token-dropout``
+(``dpl.bench.token_dropout``: batched token dropout vs its per-sample reference). It passes no judgement unless
 asked: each ``--target`` adds a met / MISSED line for the ratios it names.
 """
 import argparse
@@ -18,6 +20,7 @@ import torch
 
 from dpl.bench.data_parallel import data_parallel_rows, data_parallel_text
 from dpl.bench.measure import Task, cpu_peak_memory_supported, measure, measure_isolated
+from dpl.bench.token_dropout import profiles_text, token_dropout_meta, token_dropout_rows, token_dropout_text
 from dpl.bench.transforms import patch_randaugment_rates, rates_text
 from dpl.bench.models import ARCHITECTURES, RANDOM_ARCHITECTURES, TRAINER_CONFIGS, input_resolution, write_random_weights
 from dpl.bench.report import (METRICS, TARGET_FORM, add_ratios, eval_compare_summary, parse_target, report_document,
@@ -75,9 +78,16 @@ def build_parser():
     parser.add_argument("--patch-randaugment", type=int, default=0, metavar="K",
                         help="instead of the table: images/s of patch RandAugment on K images, vectorised vs the "
                              "per-tile Pillow loop that defines it")
+    parser.add_argument("--token-dropout", type=int, default=0, metavar="N",
+                        help="instead of the table: ms per layer call of importance-weighted token dropout (MAG "
+                             "attention, importance, draw, perturbation) at ViT-B/16 shapes, vision on --batch-size "
+                             "images and text on --num-classes prompts, batched (TokenDropoutHook) vs a per-sample "
+                             "reference loop, medians of N calls each (wall and process CPU time) and their ratios; "
+                             "with --verbose also a profile of both")
     parser.add_argument("--json", type=Path, default=None, help="write the numbers to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
-    parser.add_argument("--verbose", action="store_true", help="show the trainers' build logs")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the trainers' build logs (--token-dropout: profile both paths)")
     return parser
 
 
@@ -100,6 +110,8 @@ def check_args(parser, args):
         parser.error("--device cuda: no CUDA device is available here; use --device cpu")
     if args.patch_randaugment < 0:
         parser.error(f"--patch-randaugment {args.patch_randaugment}: give a number of images (>= 1)")
+    if args.token_dropout < 0:
+        parser.error(f"--token-dropout {args.token_dropout}: give a number of timed calls (>= 1)")
     if args.data_parallel == 1 or args.data_parallel < 0:
         parser.error(f"--data-parallel {args.data_parallel}: give the number of processes to compare with one (>= 2)")
     if args.data_parallel and args.batch_size % args.data_parallel:
@@ -194,6 +206,21 @@ def run_data_parallel(args, trainers):
     return rows, meta
 
 
+def run_token_dropout(args, argv):
+    """``--token-dropout N``: print (and write) the batched-vs-reference token dropout timings."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    meta = token_dropout_meta("python -m dpl.bench " + " ".join(sys.argv[1:] if argv is None else argv))
+    rows = token_dropout_rows(args.token_dropout, args.batch_size, args.num_classes, args.seed)
+    print(token_dropout_text(rows, meta))
+    if args.verbose:
+        # the profiler adds a cost per operator: a few calls show where time goes
+        print(profiles_text(args.batch_size, args.num_classes, calls=min(args.token_dropout, 5), seed=args.seed))
+    if args.json is not None:
+        write_json({"meta": meta, "token_dropout": rows}, args.json)
+        print(f"wrote {args.json}")
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -206,6 +233,9 @@ def main(argv=None):
         if args.json is not None:
             write_json({"patch_randaugment": rates}, args.json)
             print(f"wrote {args.json}")
+        return 0
+    if args.token_dropout:
+        run_token_dropout(args, argv)
         return 0
     if args.data_parallel:
         rows, meta = run_data_parallel(args, trainers)
