@@ -105,7 +105,7 @@ def test_patch_randaugment_mode_reports_images_per_second_of_both_implementation
     assert rates["speedup"] == pytest.approx(rates["vectorised_images_per_second"] / rates["per_tile_images_per_second"])
 
 
-TOKEN_DROPOUT_KEYS = {"modality", "shape", "mag_tokens", "repeats", "ours_ms", "reference_ms", "ours_cpu_ms",
+TOKEN_DROPOUT_KEYS = {"modality", "shape", "mag_tokens", "mag_attention_ms", "repeats", "ours_ms", "reference_ms", "ours_cpu_ms",
                       "reference_cpu_ms", "ratio", "cpu_ratio"}
 
 

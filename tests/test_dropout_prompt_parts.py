@@ -127,17 +127,19 @@ def test_no_op_settings_leave_tokens_unchanged(settings):
     assert torch.equal(out, x)
 
 
-def test_gaussian_perturbation_is_multiplicative_noise_on_dropped_tokens():
+@pytest.mark.parametrize("dense_noise", [False, True])  # True: the sync-free draw CUDA uses
+def test_gaussian_perturbation_is_multiplicative_noise_on_dropped_tokens(dense_noise):
     torch.manual_seed(4)
     x = torch.randn(2000, 3, 16)
     dropped = torch.tensor([True, False, True]).expand(2000, 3)
-    out = parts.perturb_tokens(x, dropped, dropped.float(), "gaussian", sigma=0.1)
+    out = parts.perturb_tokens(x, dropped, dropped.float(), "gaussian", sigma=0.1, dense_noise=dense_noise)
     assert torch.equal(out[:, 1], x[:, 1])
     factor = out[:, [0, 2]] / x[:, [0, 2]]
     assert abs(float(factor.mean()) - 1.0) < 0.01 and abs(float(factor.std()) - 0.1) < 0.01
     # masks covering only the leading positions leave the rest alone
     for mode in ("gaussian", "zero"):
-        short = parts.perturb_tokens(x, dropped[:, :2], dropped[:, :2].float() * 0.5, mode, sigma=0.1)
+        short = parts.perturb_tokens(x, dropped[:, :2], dropped[:, :2].float() * 0.5, mode, sigma=0.1,
+                                     dense_noise=dense_noise)
         assert torch.equal(short[:, 2], x[:, 2]) and not torch.equal(short[:, 0], x[:, 0])
 
 

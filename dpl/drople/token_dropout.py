@@ -73,11 +73,10 @@ def self_attention_score(attn, scored):
     to scored tokens (the global token and text padding are removed from the key axis) and the diagonal
     is masked; a row with no admissible key scores 0.
     """
-    length = attn.shape[-1]
-    off_diagonal = ~torch.eye(length, dtype=torch.bool, device=attn.device)  # [L, L]
-    admissible = scored[:, None, None, :] & off_diagonal  # [N, 1, L, L]
-    # Probabilities are >= 0, so filling excluded keys with 0 leaves the max over the others unchanged.
-    row_max = attn.masked_fill(~admissible, 0.0).amax(dim=-1)  # [N, H, L]
+    # Probabilities are >= 0, so zeroing the excluded keys leaves the max over the others unchanged.
+    keys = attn * scored[:, None, None, :].to(attn.dtype)  # [N, H, L, L], unscored keys 0 (a new tensor)
+    keys.diagonal(dim1=-2, dim2=-1).zero_()
+    row_max = keys.amax(dim=-1)  # [N, H, L]
     return row_max.mean(dim=1) * scored  # [N, L]
 
 
@@ -152,27 +151,37 @@ def draw_drops(probability):
 # --------------------------------------------------------------------------------------------------
 # Perturbation (§6)
 # --------------------------------------------------------------------------------------------------
-def perturb_tokens(x, dropped, probability, mode, sigma):
+def perturb_tokens(x, dropped, probability, mode, sigma, dense_noise=None):
     """Apply the perturbation to the dropped tokens of x [N, L, D].
 
     ``dropped`` and ``probability`` are [N, L'] with L' <= L: they cover the first L' positions (text
     stops after the last EOS), later positions are never touched.
 
     - ``gaussian``: x <- x * (1 + sigma * eps), eps ~ N(0, I), on dropped tokens (official; no rescaling);
-      noise is drawn for the dropped tokens only;
     - ``zero``: dropped tokens are zeroed and the kept ones rescaled by 1 / (1 - p) with their own p
       (inverted dropout per token, so each token's expected value is unchanged);
     - ``none``: identity.
 
     ``probability`` must be 0 wherever a token is not eligible: such tokens are then multiplied by exactly 1.
+    ``dense_noise`` (default: on CUDA) draws the gaussian noise for every token of the first L' positions and
+    keeps it where dropped, so the step needs no ``nonzero()`` and never waits for the GPU; otherwise noise
+    is drawn for the dropped tokens only, which is 1.4-1.6x faster on a CPU, where there is nothing to wait for.
     """
     if mode == "none":
         return x
     if mode == "gaussian":
+        if dense_noise if dense_noise is not None else x.is_cuda:
+            length = dropped.shape[1]
+            head = x[:, :length]
+            noise = torch.randn_like(head)
+            factor = torch.where(dropped[..., None], 1.0 + sigma * noise, torch.ones_like(noise))  # [N, L', D]
+            return torch.cat([head * factor, x[:, length:]], dim=1)
+        # token rows of the flattened [N * L, D] view: index_select / index_add are faster than x[rows, cols]
         rows, cols = dropped.nonzero(as_tuple=True)  # [M] each
-        selected = x[rows, cols]  # [M, D]
-        noise = 1.0 + sigma * torch.randn_like(selected)
-        return x.index_put((rows, cols), selected * noise)
+        flat = rows * x.shape[1] + cols  # [M]
+        tokens = x.reshape(-1, x.shape[-1])  # [N * L, D]
+        selected = tokens.index_select(0, flat)  # [M, D]
+        return tokens.index_add(0, flat, selected * (sigma * torch.randn_like(selected))).view_as(x)
     if mode == "zero":
         keep_scale = 1.0 / (1.0 - probability).clamp_min(KEEP_PROBABILITY_MIN)
         scale = torch.where(dropped, torch.zeros_like(keep_scale), keep_scale)  # [N, L']
