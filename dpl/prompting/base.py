@@ -379,11 +379,13 @@ class ClipPromptTrainer(TrainerX):
             logits, components = self.compute_losses(images, labels, **self.extra_train_inputs(batch))
         loss = sum(components.values())
         self.backward_and_update(loss, components)
-        summary = {"loss": loss.item()}
+        logged = {"loss": loss}
         if len(components) > 1:
-            summary.update({name: value.item() for name, value in components.items()})
-        summary["acc"] = compute_accuracy(logits, labels)[0].item()
-        return summary
+            logged.update(components)
+        logged["acc"] = compute_accuracy(logits, labels)[0]
+        # one device-to-host copy for every logged number, not one wait per value
+        values = torch.stack([torch.as_tensor(v, device=loss.device).detach().float().reshape(()) for v in logged.values()])
+        return dict(zip(logged, values.tolist()))
 
     def backward_and_update(self, loss, components):
         if self.scaler is None:
