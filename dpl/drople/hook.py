@@ -63,8 +63,8 @@ class TokenDropoutHook(LayerHook):
             self._mag_chunks.setdefault(layer, []).append(features)
             mag_attn = mag_attn.detach()
         elif layer in self.drop_layers and self.dropout.needs_alignment:
-            with torch.no_grad():
-                mag_attn, _ = self.mag(x[:, :length], layout.modality, attended_positions(layout, length))
+            with torch.no_grad():  # importance only: detached, so no tool sees a grad-requiring view without grad_fn
+                mag_attn, _ = self.mag(x[:, :length].detach(), layout.modality, attended_positions(layout, length))
         if layer in self.drop_layers:
             x = self.dropout(x, layout, attn, mag_attn, length)
         return x
