@@ -24,6 +24,7 @@ and writes them after evaluating a set whose features are not here yet.
 import dataclasses
 import datetime
 import enum
+import functools
 import hashlib
 import inspect
 import json
@@ -138,8 +139,8 @@ class CacheEntry:
     folder: Path
     description: dict
 
-    @property
-    def key(self):
+    @functools.cached_property
+    def key(self):  # hashed once: the description lists every image of the split
         return feature_key(self.description)
 
     @property

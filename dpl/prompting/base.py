@@ -9,7 +9,9 @@ checkpoint trained on base classes loads into a model built for new classes.
 ``ClipPromptTrainer(TrainerX)`` builds CLIP (``dpl.clip.load_clip``), checks ``INPUT.SIZE``,
 handles precision (``PREC`` fp32 / fp16 / amp; CPU runs fp32), optimizes and checkpoints the
 learnable tensors only, logs every loss component and encodes the class text features once per
-``test()`` call (the engine steps the LR schedule once per epoch). A method subclasses it and implements
+``test()`` call (the engine steps the LR schedule once per epoch). A model whose image features are
+frozen CLIP's (``FROZEN_IMAGE_FEATURES``) is evaluated through the image feature cache
+(``dpl.evaluation.feature_cache``): a test set's images are encoded once per sweep. A method subclasses it and implements
 ``build_clip_model(clip_model, classnames)`` and, if it trains with more than cross-entropy,
 ``compute_losses(images, labels)``.
 """
@@ -463,11 +465,12 @@ class ClipPromptTrainer(TrainerX):
 
         folder = cache_folder()
         wrapper = data_loader.dataset
+        weights = getattr(self, "weights_info", None)  # what build_model loaded (a trainer of its own may not say)
         plain_loop = (type(self).model_inference is ClipPromptTrainer.model_inference
                       and type(self).parse_batch_test is ClipPromptTrainer.parse_batch_test)
         if not (self.cfg.TEST.IMAGE_FEATURE_CACHE and folder is not None and self.model.has_frozen_image_features
-                and not self.cfg.MODEL.INIT_WEIGHTS and plain_loop and isinstance(wrapper, DatasetWrapper)
-                and data_loader.batch_sampler is not None):
+                and not self.cfg.MODEL.INIT_WEIGHTS and weights is not None and plain_loop
+                and isinstance(wrapper, DatasetWrapper) and data_loader.batch_sampler is not None):
             return None
         try:
             images = image_entries(wrapper.data_source)
@@ -475,7 +478,7 @@ class ClipPromptTrainer(TrainerX):
             return None
         precision = self.precision if self.autocast_dtype is None else f"{self.precision} {self.autocast_dtype}"
         reader = f"{type(wrapper).__module__}.{type(wrapper).__qualname__}"
-        description = feature_description(self.weights_info.sha256, self.cfg.DATASET.NAME, split, images,
+        description = feature_description(weights.sha256, self.cfg.DATASET.NAME, split, images,
                                           describe_transform(wrapper.transform), reader, precision, self.device.type)
         return CacheEntry(folder, description)
 
