@@ -151,7 +151,8 @@ def test_the_key_changes_with_everything_that_determines_the_features(tmp_path):
     assert _transform() == _transform(mean=[0.48145466, 0.4578275, 0.40821073])  # a list or a tuple: the same
     changes = {
         "weights": dict(weights_sha256="b" * 64), "dataset": dict(dataset="EuroSAT"), "split": dict(split="val"),
-        "size": dict(transform=_transform(size=256)), "interpolation": dict(transform=_transform(interpolation="bilinear")),
+        "size": dict(transform=_transform(size=256)),
+        "interpolation": dict(transform=_transform(interpolation="bilinear")),
         "normalisation": dict(transform=_transform(mean=(0.5, 0.5, 0.5))), "precision": dict(precision="fp16"),
         "device": dict(device_type="cuda"), "order": dict(images=image_entries(datums[::-1])),
         "fewer images": dict(images=image_entries(datums[:2])),
@@ -371,7 +372,8 @@ def test_list_and_clear(cache_dir, capsys):
 
     assert cache_main(["clear", "--dataset", "Nope"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("feature_cache: no cached features of dataset 'Nope' in ") and "DescribableTextures, EuroSAT" in err
+    assert err.startswith("feature_cache: no cached features of dataset 'Nope' in ")
+    assert "(cached: DescribableTextures, EuroSAT)" in err
     assert cache_main(["clear", "--dataset", "EuroSAT"]) == 0
     assert capsys.readouterr().out.startswith("removed 1 file (")
     assert cache_main(["clear"]) == 0

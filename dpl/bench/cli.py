@@ -79,9 +79,10 @@ def build_parser():
                         help="instead of the table: images/s of patch RandAugment on K images, vectorised vs the "
                              "per-tile Pillow loop that defines it")
     parser.add_argument("--eval-sweep", type=int, default=0, metavar="N",
-                        help="instead of the table: seconds of the 18 evaluations of a 3-seed x 3-method (ZeroshotCLIP, "
-                             "CoOp, KgCoOp) base-to-novel sweep over N JPEG test images (--num-classes, half base, "
-                             "half new), with the image feature cache off and on (from an empty cache), and the ratio")
+                        help="instead of the table: seconds of the 18 evaluations of a 3-seed x 3-method "
+                             "(ZeroshotCLIP, CoOp, KgCoOp) base-to-novel sweep over N JPEG test images (--num-classes, "
+                             "half base, half new), with the image feature cache off and on (from an empty cache), "
+                             "and their ratio")
     parser.add_argument("--json", type=Path, default=None, help="write the numbers to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.add_argument("--verbose", action="store_true", help="show the trainers' build logs")

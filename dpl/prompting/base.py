@@ -11,9 +11,9 @@ handles precision (``PREC`` fp32 / fp16 / amp; CPU runs fp32), optimizes and che
 learnable tensors only, logs every loss component and encodes the class text features once per
 ``test()`` call (the engine steps the LR schedule once per epoch). A model whose image features are
 frozen CLIP's (``FROZEN_IMAGE_FEATURES``) is evaluated through the image feature cache
-(``dpl.evaluation.feature_cache``): a test set's images are encoded once per sweep. A method subclasses it and implements
-``build_clip_model(clip_model, classnames)`` and, if it trains with more than cross-entropy,
-``compute_losses(images, labels)``.
+(``dpl.evaluation.feature_cache``): a test set's images are encoded once per sweep. A method subclasses
+it and implements ``build_clip_model(clip_model, classnames)`` and, if it trains with more than
+cross-entropy, ``compute_losses(images, labels)``.
 """
 import contextlib
 import dataclasses
