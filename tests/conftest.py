@@ -3,7 +3,11 @@
 Helpers that test files share live in ``tests/helpers.py``; dataset fixtures in the exact upstream
 layouts in ``tests/datagen.py``.
 """
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 import warnings
 
 import pytest
@@ -16,6 +20,12 @@ if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+
+# The image feature cache (dpl.evaluation.feature_cache) of every run the tests start, subprocesses included
+# (they inherit the variable): a folder of this session, never the user's ~/.cache.
+_FEATURE_CACHE = tempfile.mkdtemp(prefix="dpl-test-feature-cache-")
+os.environ["DPL_FEATURE_CACHE"] = _FEATURE_CACHE
+atexit.register(shutil.rmtree, _FEATURE_CACHE, ignore_errors=True)
 
 # The tiny models are far too small for intra-op parallelism to pay off; with the 2 cores of CI shared
 # between pytest and the train.py subprocesses some tests start, one thread is several times faster.

@@ -493,6 +493,10 @@ DOC_QUOTES = [
     # images
     "images cannot be read, e.g.", "and replace them from the original dataset archive",
     "images: all readable", "UNREADABLE IMAGES", "complete, all images readable",
+    # the image feature cache
+    "Image feature cache: cannot use ", "); encoding the images again", "(the evaluation's results are not affected)",
+    "the image feature cache is off (", "or point it at a folder", " is not a folder: point ", " at the cache folder",
+    "no cached features of dataset ", "the name is DATASET.NAME, e.g. ",
 ]
 
 

@@ -127,6 +127,29 @@ def test_token_dropout_mode_reports_both_paths_and_their_ratios(tmp_path, capsys
         assert set(row) == TOKEN_DROPOUT_KEYS and row["repeats"] == 2
         assert row["ratio"] == pytest.approx(row["reference_ms"] / row["ours_ms"])
         assert row["cpu_ratio"] == pytest.approx(row["reference_cpu_ms"] / row["ours_cpu_ms"])
+def test_eval_sweep_mode_reports_both_arms_and_their_ratio(tmp_path, capsys, monkeypatch):
+    """18 evaluations on real JPEG files, cache off then on (from an empty folder); the keys, not the ratio's size."""
+    monkeypatch.setenv("DPL_FEATURE_CACHE", str(tmp_path / "must_stay_unused"))  # the mode uses its own folder
+    out = tmp_path / "sweep.json"
+    code = bench_main(["--arch", "tiny", "--eval-sweep", "8", "--num-classes", "4", "--threads", "1",
+                       "--json", str(out)])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "evaluation sweep: 3 seeds x ZeroshotCLIP, CoOp, KgCoOp x base/new = 18 evaluations" in text
+    assert "image feature cache off: " in text and "off / on: " in text and "load average" in text
+    doc = json.loads(out.read_text())
+    meta, sweep = doc["meta"], doc["eval_sweep"]
+    assert {"date", "command", "host", "platform", "cpu_count", "torch_threads", "load_average_start",
+            "load_average_end", "arch", "device"} <= set(meta)
+    assert meta["command"].startswith("python -m dpl.bench") and meta["arch"] == "tiny"
+    assert {"off_seconds", "on_seconds", "speedup", "evaluations", "test_images", "on_misses", "on_hits",
+            "same_results", "off", "on"} <= set(sweep)
+    assert sweep["evaluations"] == len(sweep["off"]) == len(sweep["on"]) == 18
+    assert sweep["test_images"] == {"base": 4, "new": 4} and sweep["image_px"] == 32
+    assert (sweep["on_misses"], sweep["on_hits"]) == (2, 16) and sweep["same_results"] is True
+    assert {e["feature_cache"] for e in sweep["off"]} == {"off"}
+    assert sweep["speedup"] == pytest.approx(sweep["off_seconds"] / sweep["on_seconds"])
+    assert not (tmp_path / "must_stay_unused").exists()
 
 
 def test_cli_refuses_bad_arguments(tmp_path):
@@ -135,7 +158,8 @@ def test_cli_refuses_bad_arguments(tmp_path):
     for argv in (["--trainers", "CoOp,Nope"], ["--json", str(existing)], ["--steps", "-1"],
                  ["--trainers", "CoOp", "--target", "DropoutPrompt/CoOp<=1.2"], ["--data-parallel", "1"],
                  ["--batch-size", "5", "--data-parallel", "2"], ["--patch-randaugment", "-1"],
-                 ["--token-dropout", "-1"]):
+                 ["--token-dropout", "-1"], ["--eval-sweep", "3", "--num-classes", "4"],
+                 ["--eval-sweep", "4", "--num-classes", "1"]):
         with pytest.raises(SystemExit) as exc:
             bench_main(["--arch", "tiny"] + argv)
         assert exc.value.code == 2

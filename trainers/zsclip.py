@@ -19,6 +19,8 @@ ZSCLIP_DEFAULTS = dict(PREC="fp16")
 class ZeroShotModel(ClipPromptModel):
     """Frozen CLIP with fixed class text features ``text_features`` [C, D] (a non-persistent buffer)."""
 
+    FROZEN_IMAGE_FEATURES = True
+
     def __init__(self, clip_model, classnames, templates):
         super().__init__(clip_model)
         self.templates = list(templates)

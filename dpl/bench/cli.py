@@ -9,7 +9,9 @@ PromptSRC and CoOp of the same run and can write the numbers as JSON. Other mode
 asked: each ``--target`` adds a met / MISSED line for the ratios it names.
 """
 import argparse
+import contextlib
 import datetime
+import io
 import os
 import platform
 import sys
@@ -19,6 +21,7 @@ from pathlib import Path
 import torch
 
 from dpl.bench.data_parallel import data_parallel_rows, data_parallel_text
+from dpl.bench.eval_sweep import eval_sweep_summary, eval_sweep_text
 from dpl.bench.measure import Task, cpu_peak_memory_supported, measure, measure_isolated
 from dpl.bench.token_dropout import profiles_text, token_dropout_meta, token_dropout_rows, token_dropout_text
 from dpl.bench.transforms import patch_randaugment_rates, rates_text
@@ -84,6 +87,11 @@ def build_parser():
                              "images and text on --num-classes prompts, batched (TokenDropoutHook) vs a per-sample "
                              "reference loop, medians of N calls each (wall and process CPU time) and their ratios; "
                              "with --verbose also a profile of both")
+    parser.add_argument("--eval-sweep", type=int, default=0, metavar="N",
+                        help="instead of the table: seconds of the 18 evaluations of a 3-seed x 3-method "
+                             "(ZeroshotCLIP, CoOp, KgCoOp) base-to-novel sweep over N JPEG test images (--num-classes, "
+                             "half base, half new), with the image feature cache off and on (from an empty cache), "
+                             "and their ratio")
     parser.add_argument("--json", type=Path, default=None, help="write the numbers to this JSON file")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     parser.add_argument("--verbose", action="store_true",
@@ -119,6 +127,11 @@ def check_args(parser, args):
                      f"--data-parallel {args.data_parallel} processes")
     if args.data_parallel and torch.device(args.device).type == "cuda" and torch.cuda.device_count() < args.data_parallel:
         parser.error(f"--data-parallel {args.data_parallel}: only {torch.cuda.device_count()} GPUs are visible")
+    if args.eval_sweep < 0 or (args.eval_sweep and args.eval_sweep < args.num_classes):
+        parser.error(f"--eval-sweep {args.eval_sweep}: give the number of test images, at least one per class "
+                     f"(--num-classes {args.num_classes})")
+    if args.eval_sweep and args.num_classes < 2:
+        parser.error("--eval-sweep needs --num-classes >= 2 (half base, half new)")
     if args.json is not None and args.json.exists() and not args.overwrite:
         parser.error(f"--json {args.json} exists; choose another path or add --overwrite")
     return trainers
@@ -219,6 +232,28 @@ def run_token_dropout(args, argv):
     if args.json is not None:
         write_json({"meta": meta, "token_dropout": rows}, args.json)
         print(f"wrote {args.json}")
+def run_eval_sweep(args):
+    """``--eval-sweep N``: the summary and meta of ``dpl.bench.eval_sweep``."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_start = _load_average()
+
+    def quiet():
+        return contextlib.nullcontext() if args.verbose else contextlib.redirect_stdout(io.StringIO())
+
+    with tempfile.TemporaryDirectory(prefix="dpl-bench-") as scratch:
+        weights_path = write_random_weights(args.arch, scratch, args.seed) if args.arch in RANDOM_ARCHITECTURES else ""
+        print("measuring the evaluations of a sweep, image feature cache off, then on ...", file=sys.stderr, flush=True)
+        summary = eval_sweep_summary(args, scratch, weights_path, input_resolution(args.arch, weights_path), quiet)
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python -m dpl.bench " + " ".join(sys.argv[1:]), "arch": args.arch,
+        "weights": "random" if args.arch in RANDOM_ARCHITECTURES else args.arch, "device": args.device,
+        "host": platform.node(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "load_average_start": load_start, "load_average_end": _load_average(),
+    }
+    return summary, meta
 
 
 def main(argv=None):
@@ -236,6 +271,13 @@ def main(argv=None):
         return 0
     if args.token_dropout:
         run_token_dropout(args, argv)
+        return 0
+    if args.eval_sweep:
+        summary, meta = run_eval_sweep(args)
+        print(eval_sweep_text(summary, meta))
+        if args.json is not None:
+            write_json({"meta": meta, "eval_sweep": summary}, args.json)
+            print(f"wrote {args.json}")
         return 0
     if args.data_parallel:
         rows, meta = run_data_parallel(args, trainers)

@@ -120,10 +120,41 @@ class SyntheticClasses:
         self.lab2cname = dict(enumerate(classnames))
 
 
+class SyntheticTestSet:
+    """Trainer mixin: a test set of image files (``bench_test_items``, ``Datum``s labelled ``0..C-1`` for
+    ``bench_classnames``) behind the engine's own evaluation loader and test transform; no training data."""
+
+    bench_classnames = ()
+    bench_test_items = ()
+
+    def build_data_loader(self):
+        from dpl.data.data_manager import build_data_loader
+        from dpl.data.transforms import build_transform
+
+        classnames = list(self.bench_classnames)
+        transform = build_transform(self.cfg, is_train=False)
+        self.test_loader = build_data_loader(self.cfg, data_source=list(self.bench_test_items),
+                                             batch_size=self.cfg.DATALOADER.TEST.BATCH_SIZE, tfm=transform,
+                                             is_train=False, world=self.world)
+        self.dm = SimpleNamespace(dataset=SimpleNamespace(classnames=classnames), tfm_test=transform)
+        self.train_loader_x = self.train_loader_u = self.val_loader = None
+        self.num_classes = len(classnames)
+        self.num_source_domains = 1
+        self.lab2cname = dict(enumerate(classnames))
+
+
 def build_bench_trainer(cfg, num_classes, num_images=1):
     """The registered trainer ``cfg.TRAINER.NAME`` constructed over ``num_classes`` synthetic classes and
     ``num_images`` training items."""
     trainer_class = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)
     bench_class = type(f"Bench{trainer_class.__name__}", (SyntheticClasses, trainer_class),
                        {"bench_num_classes": num_classes, "bench_num_images": num_images})
+    return bench_class(cfg)
+
+
+def build_test_set_trainer(cfg, classnames, test_items):
+    """The registered trainer ``cfg.TRAINER.NAME`` constructed to evaluate ``test_items`` (``SyntheticTestSet``)."""
+    trainer_class = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)
+    bench_class = type(f"BenchTest{trainer_class.__name__}", (SyntheticTestSet, trainer_class),
+                       {"bench_classnames": tuple(classnames), "bench_test_items": tuple(test_items)})
     return bench_class(cfg)

@@ -167,6 +167,10 @@ _C.TEST.COMPUTE_CMAT = False
 _C.TEST.NO_TEST = False
 _C.TEST.SPLIT = "test"
 _C.TEST.FINAL_MODEL = "last_step"
+# Trainers whose image features are frozen CLIP's (ZeroshotCLIP, CoOp, KgCoOp, CoCoOp) read the test set's
+# image features from a disk cache (dpl.evaluation.feature_cache; folder $DPL_FEATURE_CACHE) instead of
+# decoding and encoding every image again. Same numbers either way; False always encodes the images.
+_C.TEST.IMAGE_FEATURE_CACHE = True
 
 ###########################
 # Trainer (each trainer adds its node in extend_cfg)

@@ -691,11 +691,7 @@ class SimpleTrainer(TrainerBase):
             data_loader = self.test_loader
         print(f"Evaluate on the *{split}* set")
         start = time.time()
-        with loader_batches(data_loader) as batches:
-            for batch in batches:
-                input, label = self.parse_batch_test(batch)
-                output = self.model_inference(input)
-                self.evaluator.process(output, label)
+        details = self.evaluate_loader(data_loader, split)
         if self.world.distributed:
             self.gather_evaluation()
         results = self.evaluator.evaluate()
@@ -705,8 +701,19 @@ class SimpleTrainer(TrainerBase):
         for group, v in results.get("group_accuracy", {}).items():
             if v is not None:
                 self.write_scalar(f"{split}/{group}_shot_accuracy", v, self.epoch)
-        self.write_results(split, results, time.time() - start)
+        self.write_results(split, results, time.time() - start, details)
         return list(results.values())[0]
+
+    def evaluate_loader(self, data_loader, split):
+        """Hand the evaluator the predictions of every batch of ``data_loader`` (this process's shard of
+        ``split``); returns what the test record adds (``{}`` here; prompt trainers say where their image
+        features came from)."""
+        with loader_batches(data_loader) as batches:
+            for batch in batches:
+                input, label = self.parse_batch_test(batch)
+                output = self.model_inference(input)
+                self.evaluator.process(output, label)
+        return {}
 
     def gather_evaluation(self):
         """Combine the processes' shards of the split in the evaluator (every image counted once)."""
@@ -732,8 +739,9 @@ class SimpleTrainer(TrainerBase):
 
         return long_tail_groups(dataset.train_x)
 
-    def write_results(self, split, results, test_seconds):
-        """Record this test and rewrite ``OUTPUT_DIR/results.json`` atomically (schema: dpl.results.schema)."""
+    def write_results(self, split, results, test_seconds, details=None):
+        """Record this test and rewrite ``OUTPUT_DIR/results.json`` atomically (schema: dpl.results.schema);
+        ``details``: more keys of the test record (``evaluate_loader``'s)."""
         if self.code_version is None:
             self.code_version = results_json.code_version()
         identity = self.run_identity
@@ -749,6 +757,7 @@ class SimpleTrainer(TrainerBase):
             epoch=self.epochs_trained,
             finished=not self._training,
             test_seconds=test_seconds,
+            details=details,
         )
         if not self.world.is_main:
             return

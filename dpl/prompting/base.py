@@ -9,9 +9,11 @@ checkpoint trained on base classes loads into a model built for new classes.
 ``ClipPromptTrainer(TrainerX)`` builds CLIP (``dpl.clip.load_clip``), checks ``INPUT.SIZE``,
 handles precision (``PREC`` fp32 / fp16 / amp; CPU runs fp32), optimizes and checkpoints the
 learnable tensors only, logs every loss component and encodes the class text features once per
-``test()`` call (the engine steps the LR schedule once per epoch). A method subclasses it and implements
-``build_clip_model(clip_model, classnames)`` and, if it trains with more than cross-entropy,
-``compute_losses(images, labels)``.
+``test()`` call (the engine steps the LR schedule once per epoch). A model whose image features are
+frozen CLIP's (``FROZEN_IMAGE_FEATURES``) is evaluated through the image feature cache
+(``dpl.evaluation.feature_cache``): a test set's images are encoded once per sweep. A method subclasses
+it and implements ``build_clip_model(clip_model, classnames)`` and, if it trains with more than
+cross-entropy, ``compute_losses(images, labels)``.
 """
 import contextlib
 import dataclasses
@@ -32,8 +34,12 @@ from dpl.clip import (
 from dpl.config import CfgNode
 from dpl.engine import TrainerX
 from dpl.engine.errors import CheckpointMismatchError, UserError
+from dpl.evaluation.feature_cache import (CACHE_HIT, CACHE_MISS, CACHE_OFF, CacheEntry, cache_folder,
+                                          describe_transform, feature_description, image_entries,
+                                          rows_in_split_order)
 from dpl.metrics import compute_accuracy
 from dpl.utils import count_num_param, load_pretrained_weights
+from dpl.utils.torchtools import loader_batches
 
 from .settings import setting_errors
 
@@ -109,8 +115,14 @@ class ClipPromptModel(nn.Module):
     """A frozen CLIP with the prompted encoders; subclasses add learnable parts and ``encode_text``.
 
     ``forward(images, text_features=None)`` returns logits ``[B, C]``; pass ``text_features``
-    (normalised ``[C, D]``) to reuse class features encoded once (evaluation).
+    (normalised ``[C, D]``) to reuse class features encoded once (evaluation). ``forward`` is
+    ``logits_from_image_features(encode_image(images), text_features)``, so a model whose image features
+    are frozen CLIP's (``FROZEN_IMAGE_FEATURES``) gives the same logits from features cached on disk.
     """
+
+    # True for a model whose encode_image is frozen CLIP's, unprompted and unhooked (CoOp, ZeroshotCLIP,
+    # CoCoOp): its evaluations may then read the features from dpl.evaluation.feature_cache.
+    FROZEN_IMAGE_FEATURES = False
 
     def __init__(self, clip_model):
         super().__init__()
@@ -217,13 +229,23 @@ class ClipPromptModel(nn.Module):
         features = features.reshape(len(templates), len(classnames), -1)
         return F.normalize(features.mean(dim=0), dim=-1)
 
+    @property
+    def has_frozen_image_features(self):
+        """Whether ``encode_image`` is frozen CLIP's, so cached features stand for it (a subclass that
+        overrides ``encode_image`` never qualifies, whatever it inherits)."""
+        return self.FROZEN_IMAGE_FEATURES and type(self).encode_image is ClipPromptModel.encode_image
+
     def logits(self, image_features, text_features):
         return self.logit_scale * image_features @ text_features.t()
 
-    def forward(self, images, text_features=None):
+    def logits_from_image_features(self, image_features, text_features=None):
+        """Logits ``[B, C]`` of normalised image features ``[B, E]`` (what ``forward`` does after encoding)."""
         if text_features is None:
             text_features = self.encode_text()
-        return self.logits(self.encode_image(images), text_features)
+        return self.logits(image_features, text_features)
+
+    def forward(self, images, text_features=None):
+        return self.logits_from_image_features(self.encode_image(images), text_features)
 
 
 # ----- the trainer ----------------------------------------------------------------------------------
@@ -398,7 +420,7 @@ class ClipPromptTrainer(TrainerX):
             self.scaler.step(self._optims[name])
         self.scaler.update()
 
-    # --- evaluation: class text features once per test() call
+    # --- evaluation: class text features once per test() call, frozen image features from the cache
     def test(self, split=None):
         self.set_model_mode("eval")
         with torch.no_grad(), self.autocast():
@@ -411,3 +433,79 @@ class ClipPromptTrainer(TrainerX):
     def model_inference(self, input):
         with self.autocast():
             return self.model(input, text_features=getattr(self, "_eval_text_features", None))
+
+    def evaluate_loader(self, data_loader, split):
+        """The engine's evaluation loop; for a model with frozen image features, through the feature cache
+        (``dpl.evaluation.feature_cache``): a hit reads no image, a miss encodes them and caches the features.
+        Both give the evaluator the logits ``forward`` gives, batch by batch, in the loader's order.
+
+        On several processes each evaluates its shard. A hit needs the file on every process (else all of
+        them encode); on a miss every shard's features are gathered in split order and rank 0 writes them.
+        """
+        entry = self.feature_cache_entry(data_loader, split)
+        if entry is None:
+            details = super().evaluate_loader(data_loader, split)
+            return dict(details, feature_cache=CACHE_OFF) if self.model.has_frozen_image_features else details
+        features = entry.read()
+        if all(self.world.all_gather_objects(features is not None)):
+            print(f"Image features of the {entry.num_images} {split} images: read from the cache {entry.path}")
+            self.evaluate_cached_features(data_loader, features)
+            return {"feature_cache": CACHE_HIT}
+        shard = self.evaluate_keeping_features(data_loader)
+        shards = self.world.all_gather_objects(shard)  # every process's (indices, features)
+        features = rows_in_split_order(shards, entry.num_images) if self.world.is_main else None
+        if features is not None and entry.write(features):
+            print(f"Image features of the {entry.num_images} {split} images: written to the cache {entry.path}")
+        return {"feature_cache": CACHE_MISS}
+
+    def feature_cache_entry(self, data_loader, split):
+        """The cache entry of ``data_loader``'s images, or None when this evaluation does not use the cache:
+        ``TEST.IMAGE_FEATURE_CACHE`` False or ``$DPL_FEATURE_CACHE`` off, a model whose image features are
+        not frozen CLIP's (prompted vision, ``MODEL.INIT_WEIGHTS``), a trainer reading or running test batches
+        its own way, a loader of another kind, or an image that is missing (the plain loop reports it)."""
+        from dpl.data.data_manager import DatasetWrapper  # (the data stack only where an evaluation needs it)
+
+        folder = cache_folder()
+        wrapper = data_loader.dataset
+        weights = getattr(self, "weights_info", None)  # what build_model loaded (a trainer of its own may not say)
+        plain_loop = (type(self).model_inference is ClipPromptTrainer.model_inference
+                      and type(self).parse_batch_test is ClipPromptTrainer.parse_batch_test)
+        if not (self.cfg.TEST.IMAGE_FEATURE_CACHE and folder is not None and self.model.has_frozen_image_features
+                and not self.cfg.MODEL.INIT_WEIGHTS and weights is not None and plain_loop
+                and isinstance(wrapper, DatasetWrapper) and data_loader.batch_sampler is not None):
+            return None
+        try:
+            images = image_entries(wrapper.data_source)
+        except OSError:
+            return None
+        precision = self.precision if self.autocast_dtype is None else f"{self.precision} {self.autocast_dtype}"
+        reader = f"{type(wrapper).__module__}.{type(wrapper).__qualname__}"
+        description = feature_description(weights.sha256, self.cfg.DATASET.NAME, split, images,
+                                          describe_transform(wrapper.transform), reader, precision, self.device.type)
+        return CacheEntry(folder, description)
+
+    def evaluate_cached_features(self, data_loader, features):
+        """The evaluation loop over cached rows ``features`` ``[N, D]``: the loader's batches of indices (no
+        image is read), the datums' labels."""
+        datums = data_loader.dataset.data_source
+        for indices in data_loader.batch_sampler:
+            rows = features[indices].to(self.device)  # [B, D]
+            labels = torch.tensor([datums[i].label for i in indices], device=self.device)  # [B]
+            with self.autocast():
+                output = self.model.logits_from_image_features(rows, self._eval_text_features)
+            self.evaluator.process(output, labels)
+
+    def evaluate_keeping_features(self, data_loader):
+        """The engine's loop (``model_inference`` split in its two steps), keeping each batch's image
+        features: ``(dataset indices [n], features [n, D] float32 on the CPU)`` of this process's shard."""
+        indices, kept = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, self.model.arch.embed_dim)]
+        with loader_batches(data_loader) as batches:
+            for batch in batches:
+                images, labels = self.parse_batch_test(batch)
+                with self.autocast():
+                    features = self.model.encode_image(images)  # [B, D]
+                    output = self.model.logits_from_image_features(features, self._eval_text_features)
+                self.evaluator.process(output, labels)
+                indices.append(torch.as_tensor(batch["index"], dtype=torch.long))
+                kept.append(features.float().cpu())
+        return torch.cat(indices), torch.cat(kept)

@@ -81,7 +81,10 @@ class ConditionalPromptLearner(CoOpPromptLearner):
 
 
 class CoCoOpModel(ClipPromptModel):
-    """Frozen CLIP + ``ConditionalPromptLearner`` (``settings``: ``CoCoOpSettings``)."""
+    """Frozen CLIP + ``ConditionalPromptLearner`` (``settings``: ``CoCoOpSettings``); ``forward`` is the base's:
+    frozen image features, then ``logits_from_image_features`` conditions the class prompts on them."""
+
+    FROZEN_IMAGE_FEATURES = True  # the meta-network reads frozen CLIP's features; the vision tower is unprompted
 
     def __init__(self, clip_model, classnames, settings):
         super().__init__(clip_model)
@@ -107,10 +110,10 @@ class CoCoOpModel(ClipPromptModel):
         features = self.text_encoder(prompts.flatten(0, 1), tokenized)  # [B * C, E], chunked
         return F.normalize(features.float(), dim=-1).view(batch, classes, -1)
 
-    def forward(self, images, text_features=None):
-        """Logits ``[B, C]``; ``text_features`` must be None (what ``encode_text()`` returns)."""
+    def logits_from_image_features(self, image_features, text_features=None):
+        """Logits ``[B, C]`` of normalised image features ``[B, E]`` through their own class features;
+        ``text_features`` must be None (what ``encode_text()`` returns)."""
         if text_features is not None:
             raise ValueError("CoCoOp's class features depend on each image: call the model without text_features")
-        image_features = self.encode_image(images)  # [B, E]
         text_features = self.conditional_text_features(image_features)  # [B, C, E]
         return self.logit_scale * torch.einsum("be,bce->bc", image_features, text_features)

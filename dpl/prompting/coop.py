@@ -75,6 +75,8 @@ class CoOpPromptLearner(nn.Module):
 class CoOpModel(ClipPromptModel):
     """Frozen CLIP + ``CoOpPromptLearner`` (``settings``: ``ContextSettings``)."""
 
+    FROZEN_IMAGE_FEATURES = True  # prompts on the text side only
+
     def __init__(self, clip_model, classnames, settings):
         super().__init__(clip_model)
         self.prompt_learner = CoOpPromptLearner(clip_model, classnames, settings.n_ctx, settings.ctx_init,

@@ -22,6 +22,9 @@ error_rate          100 - accuracy
 macro_f1            macro F1 in percent (over the labels present in the split)
 num_samples         number of evaluated images
 num_correct         number of correct top-1 predictions
+feature_cache       trainers whose image features are frozen CLIP's (ZeroshotCLIP, CoOp, KgCoOp,
+                    CoCoOp): ``"hit"`` (read from the feature cache, no image opened), ``"miss"``
+                    (images encoded, then cached) or ``"off"``; absent for other trainers and older files
 per_class           present when ``TEST.PER_CLASS_RESULT``: list of ``{label, classname, total,
                     correct, accuracy}``; ``perclass_accuracy`` is their mean; in long-tail runs each
                     row also has its ``group``
@@ -131,11 +134,12 @@ def run_description(cfg):
     }
 
 
-def test_record(split, metrics, num_samples, num_correct, epoch, finished, test_seconds):
-    """What one ``test()`` call produced."""
+def test_record(split, metrics, num_samples, num_correct, epoch, finished, test_seconds, details=None):
+    """What one ``test()`` call produced; ``details``: keys the trainer adds (``feature_cache``)."""
     record = {"split": split, "finished": finished, "epoch": epoch}
     record.update({k: metrics[k] for k in METRIC_KEYS if k in metrics})
     record.update({"num_samples": num_samples, "num_correct": num_correct, "test_seconds": test_seconds})
+    record.update(details or {})
     return record
 
 
