@@ -26,7 +26,7 @@ RESULT_KEYS = {"trainer", "variant", "step_seconds", "step_seconds_median", "ste
 def test_quick_benchmark_prints_table_and_writes_json(tmp_path, capsys):
     """The CI form: two trainers (incl. DropoutPrompt), each in a spawned process, and the JSON."""
     out = tmp_path / "bench.json"
-    code = bench_main(QUICK + ["--trainers", "PromptSRC,DropoutPrompt", "--eval-compare-classes", "0",
+    code = bench_main(QUICK + ["--trainers", "PromptSRC,DropoutPrompt,DropoutPrompt-official", "--eval-compare-classes", "0",
                                "--threads", "1", "--json", str(out), "--target", "DropoutPrompt/PromptSRC<=1.15"])
     assert code == 0
     text = capsys.readouterr().out
@@ -36,7 +36,7 @@ def test_quick_benchmark_prints_table_and_writes_json(tmp_path, capsys):
     assert set(doc) == {"benchmark", "results", "eval_compare", "targets"}
     assert doc["benchmark"]["arch"] == "tiny" and doc["benchmark"]["isolated"] is True
     rows = {row["trainer"]: row for row in doc["results"]}
-    assert set(rows) == {"PromptSRC", "DropoutPrompt"}
+    assert set(rows) == {"PromptSRC", "DropoutPrompt", "DropoutPrompt-official"}
     for row in rows.values():
         assert RESULT_KEYS <= set(row)
         assert len(row["step_seconds"]) == 2 and row["step_seconds_median"] > 0
@@ -52,6 +52,8 @@ def test_quick_benchmark_prints_table_and_writes_json(tmp_path, capsys):
     assert check["step_met"] == (expected <= 1.15)
     # DropoutPrompt adds compute (attention maps, the MAG projections); the FLOP count is load-independent
     assert rows["DropoutPrompt"]["step_gflop"] > rows["PromptSRC"]["step_gflop"] > 0
+    # the official recipe's clean-view teacher features come from the cache after the warm-up step: no teacher pass
+    assert rows["DropoutPrompt-official"]["step_gflop"] < rows["DropoutPrompt"]["step_gflop"]
 
 
 def test_text_switch_variant_rows_and_ratios_within_variant(tmp_path, capsys):
