@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from dpl import drople as parts
+from dpl.clip import LayerHook
 
 
 def make_layout(modality, global_index, eligible):
@@ -17,6 +18,7 @@ def make_layout(modality, global_index, eligible):
         global_index=torch.as_tensor(global_index, dtype=torch.long),
         prompt_index=slice(1, 3),
         eligible=torch.as_tensor(eligible, dtype=torch.bool),
+        active_length=None,
     )
 
 
@@ -74,6 +76,33 @@ def test_text_importance_uses_eos_and_ignores_padding():
     # token 3 may use keys 0..2 only (not itself, not EOS)
     torch.testing.assert_close(self_score[3], attn[0, :, 3, :3].amax(-1).mean())
     assert self_score[4:].tolist() == [0.0, 0.0]
+
+
+def test_text_active_length_comes_from_the_host_when_the_encoder_knows_it(tiny_clip):
+    """Class prompts carry the end of their last EOS on the host, so a training step's text hook never reads it
+    back from the device; without it the layout's EOS positions give the same number."""
+    from dpl.prompting import DeepPromptSettings, IVLPModel
+
+    model = IVLPModel(copy.deepcopy(tiny_clip), ["cat", "big red fire truck"], DeepPromptSettings(2, 2, 2, 2, ""))
+    tokenized = model.prompt_learner.tokenized
+    assert model.prompt_learner.prompts.active_length == int(tokenized.argmax(dim=-1).max()) + 1
+
+    class Layouts(LayerHook):
+        seen = []
+
+        def __call__(self, x, layer, layout, attn):
+            self.seen.append(layout)
+            return x
+
+    model.encode_text(hook=Layouts())
+    layout = Layouts.seen[0]
+    assert layout.active_length == model.prompt_learner.prompts.active_length
+    assert parts.active_length(layout, 77) == layout.active_length
+    fake = copy.copy(layout)
+    fake.active_length = 5  # the host value is used as given: nothing is read from global_index
+    assert parts.active_length(fake, 77) == 5
+    fake.active_length = None
+    assert parts.active_length(fake, 77) == layout.active_length
 
 
 def test_probabilities_bounded_and_monotone_in_importance():

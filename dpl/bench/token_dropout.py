@@ -156,7 +156,9 @@ def layer_inputs(modality, count, seed=0):
     if modality == "vision":
         return dict(x=x, attn=attn, tokenized=None, layout=vision_layout(n, length, VISION_PROMPTS, x.device))
     tokenized = synthetic_tokenized(n, generator)
-    return dict(x=x, attn=attn, tokenized=tokenized, layout=text_layout(tokenized, N_CTX))
+    # the end of the last EOS on the host, as the class-prompt buffers give it to a training step
+    return dict(x=x, attn=attn, tokenized=tokenized,
+                layout=text_layout(tokenized, N_CTX, active_length=int(tokenized.argmax(dim=-1).max()) + 1))
 
 
 def bench_mag(seed=0):

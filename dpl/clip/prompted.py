@@ -31,6 +31,8 @@ class TokenLayout:
     prompt_index: slice of the prompt positions (text 1..n_ctx, vision the appended tokens)
     eligible:     [N, L] bool, tokens a perturbation may touch (text: SOS + prompts; vision: patches + prompts)
     row_offset:   index of row 0 in the full batch (non-zero when the text encoder runs in chunks)
+    active_length: positions that can matter (text: up to the last EOS), when the caller knows it on the host;
+                  None: whoever needs it computes it from ``global_index``
     """
 
     modality: str
@@ -38,6 +40,7 @@ class TokenLayout:
     prompt_index: slice
     eligible: torch.Tensor
     row_offset: int = 0
+    active_length: Optional[int] = None
 
 
 class LayerHook:
@@ -190,13 +193,14 @@ def run_blocks(blocks, x, place_prompts, hook, layout, use_checkpoint=False):
     return x
 
 
-def text_layout(tokenized: torch.Tensor, n_ctx: int, row_offset: int = 0) -> TokenLayout:
-    """Layout of placeholder prompts ``[SOS][ctx_1..ctx_n][class tokens][.][EOS][pad]``."""
+def text_layout(tokenized: torch.Tensor, n_ctx: int, row_offset: int = 0, active_length=None) -> TokenLayout:
+    """Layout of placeholder prompts ``[SOS][ctx_1..ctx_n][class tokens][.][EOS][pad]``; ``active_length``: an
+    upper bound of the last EOS position + 1 known on the host (e.g. of all class prompts, for a chunk)."""
     eos = tokenized.argmax(dim=-1)  # EOS has the largest id
     positions = torch.arange(tokenized.shape[1], device=tokenized.device)
     # SOS and prompt positions only; the "< eos" part keeps EOS out even for an empty class name.
     eligible = (positions <= n_ctx).unsqueeze(0) & (positions.unsqueeze(0) < eos.unsqueeze(1))  # [N, L]
-    return TokenLayout("text", eos.long(), slice(1, 1 + n_ctx), eligible, row_offset)
+    return TokenLayout("text", eos.long(), slice(1, 1 + n_ctx), eligible, row_offset, active_length)
 
 
 def vision_layout(batch: int, length: int, n_prompts: int, device) -> TokenLayout:
@@ -235,19 +239,21 @@ class PromptedTextEncoder(nn.Module):
     def num_layers(self):
         return len(self.transformer.resblocks)
 
-    def forward(self, prompt_embeddings, tokenized, deep_prompts=None, hook=None, n_ctx=None):
+    def forward(self, prompt_embeddings, tokenized, deep_prompts=None, hook=None, n_ctx=None, active_length=None):
         """prompt_embeddings [C, L, D] (layer-0 prompts in place, no positional embedding),
         tokenized [C, L] ids of the placeholder prompt, deep_prompts None or [depth-1, n_ctx, D]
         (positions 1..n_ctx before blocks 1..depth-1), n_ctx: prompt count for the hook's layout when
-        no deep prompts are given (default 0: only SOS eligible).  Returns [C, embed_dim], not normalised.
+        no deep prompts are given (default 0: only SOS eligible), active_length: the last EOS position + 1
+        of ``tokenized`` if known on the host (the hook's layout then needs no device sync).
+        Returns [C, embed_dim], not normalised.
         """
         n_ctx = self._check(prompt_embeddings, tokenized, deep_prompts, n_ctx)
         total = prompt_embeddings.shape[0]
         if not self.chunk_size or total <= self.chunk_size:
-            return self._encode(prompt_embeddings, tokenized, deep_prompts, hook, n_ctx, 0)
+            return self._encode(prompt_embeddings, tokenized, deep_prompts, hook, n_ctx, 0, active_length)
         chunks = [
             self._encode(prompt_embeddings[start:start + self.chunk_size], tokenized[start:start + self.chunk_size],
-                         deep_prompts, hook, n_ctx, start)
+                         deep_prompts, hook, n_ctx, start, active_length)
             for start in range(0, total, self.chunk_size)
         ]
         return torch.cat(chunks, dim=0)
@@ -273,11 +279,11 @@ class PromptedTextEncoder(nn.Module):
             raise ValueError(f"n_ctx={n_ctx} disagrees with deep_prompts of {deep_prompts.shape[1]} tokens")
         return deep_prompts.shape[1]
 
-    def _encode(self, prompt_embeddings, tokenized, deep_prompts, hook, n_ctx, row_offset):
+    def _encode(self, prompt_embeddings, tokenized, deep_prompts, hook, n_ctx, row_offset, active_length=None):
         dtype = self.dtype
         x = prompt_embeddings.to(dtype) + self.positional_embedding.to(dtype)
         x = x.permute(1, 0, 2)  # [L, C, D]
-        layout = text_layout(tokenized, n_ctx, row_offset) if hook is not None else None
+        layout = text_layout(tokenized, n_ctx, row_offset, active_length) if hook is not None else None
 
         def place(h, block_index):
             if deep_prompts is None or not 1 <= block_index <= deep_prompts.shape[0]:

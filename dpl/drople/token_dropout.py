@@ -49,10 +49,13 @@ def scored_positions(layout, length):
 
 def active_length(layout, length):
     """How many leading positions can matter: text stops after the last EOS (padding is never scored,
-    attended by MAG or perturbed), vision uses all ``length`` tokens. One host sync for text."""
-    if layout.modality == "text":
-        return min(length, int(layout.global_index.max()) + 1)
-    return length
+    attended by MAG or perturbed), vision uses all ``length`` tokens. For text it is the layout's own
+    ``active_length`` when the encoder's caller knew it, else read from the device (one host sync)."""
+    if layout.modality != "text":
+        return length
+    if layout.active_length is not None:
+        return min(length, layout.active_length)
+    return min(length, int(layout.global_index.max()) + 1)
 
 
 def attended_positions(layout, length):

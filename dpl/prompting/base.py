@@ -98,6 +98,9 @@ class ClassPromptBuffers(nn.Module):
         self.register_buffer("prefix", class_prompts.prefix, persistent=False)  # [C, 1, D]
         self.register_buffer("suffix", class_prompts.suffix, persistent=False)  # [C, L-1-n_ctx, D]
         self.register_buffer("gather_index", class_prompts.gather_index, persistent=False)  # [C, L]
+        # Positions up to the last EOS (EOS = argmax id), read once here: a hook crops its work to them
+        # without waiting for the device in every training step.
+        self.active_length = int(class_prompts.tokenized.argmax(dim=-1).max()) + 1
 
     @property
     def n_ctx(self):

@@ -139,7 +139,8 @@ class IVLPModel(ClipPromptModel):
     def encode_text(self, hook=None):
         prompts, deep = self.prompt_learner.text_prompts()
         features = self.text_encoder(
-            prompts, self.prompt_learner.tokenized, deep_prompts=deep, hook=hook, n_ctx=self.prompt_learner.n_ctx_text
+            prompts, self.prompt_learner.tokenized, deep_prompts=deep, hook=hook, n_ctx=self.prompt_learner.n_ctx_text,
+            active_length=self.prompt_learner.prompts.active_length,
         )
         return F.normalize(features.float(), dim=-1)
 
