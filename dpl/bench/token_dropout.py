@@ -26,7 +26,7 @@ import torch
 
 from dpl.bench.models import RANDOM_ARCHITECTURES
 from dpl.clip.prompted import text_layout, vision_layout
-from dpl.drople import AlignmentGuidance, TokenDropout, attended_positions
+from dpl.drople import AlignmentGuidance, TokenDropout, active_length, attended_positions
 
 MODALITIES = ("vision", "text")
 L1_EPS = 1e-8  # §4: S / (sum S + 1e-8)
@@ -170,9 +170,11 @@ def bench_mag(seed=0):
 # Timing
 # --------------------------------------------------------------------------------------------------
 def batched_mag_attention(mag, modality, inputs):
-    """[N, K, L] MAG attention of the whole batch over each sequence's attended positions (text: up to EOS)."""
+    """[N, K, L'] MAG attention of the whole batch over each sequence's attended positions, as the hook computes
+    it: over the first L' = ``active_length`` positions (text: up to the last EOS, vision: all)."""
     layout, x = inputs["layout"], inputs["x"]
-    return mag(x, modality, attended_positions(layout, x.shape[1]))[0]
+    length = active_length(layout, x.shape[1])
+    return mag(x[:, :length], modality, attended_positions(layout, length))[0]
 
 
 def layer_calls(modality, inputs, dropout, mag, seed=0):
