@@ -184,7 +184,7 @@ def perturb_tokens(x, dropped, probability, mode, sigma, dense_noise=None):
         flat = rows * x.shape[1] + cols  # [M]
         tokens = x.reshape(-1, x.shape[-1])  # [N * L, D]
         selected = tokens.index_select(0, flat)  # [M, D]
-        return tokens.index_add(0, flat, selected * (sigma * torch.randn_like(selected))).view_as(x)
+        return tokens.index_add(0, flat, selected * torch.randn_like(selected).mul_(sigma)).view_as(x)
     if mode == "zero":
         keep_scale = 1.0 / (1.0 - probability).clamp_min(KEEP_PROBABILITY_MIN)
         scale = torch.where(dropped, torch.zeros_like(keep_scale), keep_scale)  # [N, L']
