@@ -134,8 +134,21 @@ def test_clean_view_teacher_features_are_computed_once_per_training_image(tmp_pa
 
     trainer.forward_backward(first)  # the training step takes the cached features
     assert encoded == [4, 2]
+    # a checkpoint keeps the cache: the resumed run reuses the very numbers (a fresh encoding in another batch
+    # composition may differ in the last bits), so it continues exactly
+    state = trainer.get_trainer_state()["teacher_features"]
+    resumed = build_trainer_in_process(tmp_path / "resumed", tiny_clip_path, "DropoutPrompt", CONFIG,
+                                       "INPUT.TEACHER_VIEW", "clean", "DATALOADER.TRAIN_X.BATCH_SIZE", "4")
+    resumed.set_trainer_state(dict(resumed.get_trainer_state(), teacher_features=state))
+    monkeypatch.setattr(resumed.model, "zero_shot_image_features", lambda images: pytest.fail("encoded again"))
+    assert torch.equal(resumed.extra_train_inputs(mixed)["teacher_image_features"], features)
+    assert resumed.teacher_features.num_filled == 6
+    other = dict(state, key=dict(state["key"], weights_sha256="0" * 64))  # another CLIP's features are not restored
+    assert not resumed.teacher_features.load_state_dict(other)
+
     default = build_trainer_in_process(tmp_path / "same", tiny_clip_path, "DropoutPrompt", CONFIG)
     assert default.teacher_features is None  # the student's augmented view changes every epoch: nothing to cache
+    assert "teacher_features" not in default.get_trainer_state()
 
 
 def test_a_teacher_view_for_a_trainer_without_a_teacher_is_refused(tmp_path, tiny_clip_path):

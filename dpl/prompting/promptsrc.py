@@ -184,7 +184,7 @@ class SelfRegulatingTrainer(ClipPromptTrainer):
         key = {"weights_sha256": weights.sha256 if weights is not None else None, "view": "clean",
                "size": list(self.cfg.INPUT.SIZE), "interpolation": self.cfg.INPUT.INTERPOLATION}
         print("Frozen image teacher: clean-view features are computed once per training image and reused")
-        return TeacherFeatureCache(len(self.dm.dataset.train_x), key)
+        return TeacherFeatureCache(len(self.dm.dataset.train_x), key, self.device)
 
     def extra_train_inputs(self, batch):
         """The frozen teacher's input under ``INPUT.TEACHER_VIEW clean``: its features of each item's ``img_teacher``
@@ -230,6 +230,8 @@ class SelfRegulatingTrainer(ClipPromptTrainer):
         state = super().get_trainer_state()
         if self.gpa is not None:
             state["gpa"] = self.gpa.state_dict()
+        if self.teacher_features is not None:
+            state["teacher_features"] = self.teacher_features.state_dict()
         return state
 
     def set_trainer_state(self, state):
@@ -240,3 +242,5 @@ class SelfRegulatingTrainer(ClipPromptTrainer):
         super().set_trainer_state(state)
         if self.gpa is not None:
             self.gpa.load_state_dict(state["gpa"])
+        if self.teacher_features is not None and "teacher_features" in state:
+            self.teacher_features.load_state_dict(state["teacher_features"])
