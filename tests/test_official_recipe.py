@@ -143,7 +143,8 @@ def test_clean_view_teacher_features_are_computed_once_per_training_image(tmp_pa
     monkeypatch.setattr(resumed.model, "zero_shot_image_features", lambda images: pytest.fail("encoded again"))
     assert torch.equal(resumed.extra_train_inputs(mixed)["teacher_image_features"], features)
     assert resumed.teacher_features.num_filled == 6
-    other = dict(state, key=dict(state["key"], weights_sha256="0" * 64))  # another CLIP's features are not restored
+    assert len(state) == 1  # one cache per process
+    other = dict(state[0], key=dict(state[0]["key"], weights_sha256="0" * 64))  # another CLIP's are not restored
     assert not resumed.teacher_features.load_state_dict(other)
 
     default = build_trainer_in_process(tmp_path / "same", tiny_clip_path, "DropoutPrompt", CONFIG)

@@ -131,12 +131,13 @@ def _attention_mask(block, length, like):
 
 
 @torch.no_grad()
-def _probabilities(q, k, mask):
-    """softmax(q k^T / sqrt(hd) + mask) ``[N, H, L, L]`` in fp32, returned in q's dtype."""
+def _probabilities(q, k, mask, dtype):
+    """softmax(q k^T / sqrt(hd) + mask) ``[N, H, L, L]`` computed in fp32 and returned in ``dtype`` (the hidden
+    states': under autocast q is half precision, the residual stream and the importance terms are not)."""
     scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)
     if mask is not None:
         scores = scores + mask
-    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return torch.softmax(scores, dim=-1, dtype=torch.float32).to(dtype)
 
 
 def block_with_attention(block, x: torch.Tensor):
@@ -149,7 +150,7 @@ def block_with_attention(block, x: torch.Tensor):
     """
     q, k, v = _queries_keys_values(block, x)
     mask = _attention_mask(block, x.shape[0], x)
-    probabilities = _probabilities(q, k, mask)
+    probabilities = _probabilities(q, k, mask, x.dtype)
     attended = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [N, H, L, hd]
     attended = attended.permute(2, 0, 1, 3).reshape(x.shape)  # [L, N, D]
     x = x + block.attn.out_proj(attended)
@@ -161,7 +162,7 @@ def attention_probs(block, x: torch.Tensor) -> torch.Tensor:
     without gradients (the block's own mask, causal for text, applies)."""
     with torch.no_grad():
         q, k, _ = _queries_keys_values(block, x)
-        return _probabilities(q, k, _attention_mask(block, x.shape[0], x))
+        return _probabilities(q, k, _attention_mask(block, x.shape[0], x), x.dtype)
 
 
 def _run_block(block, x, use_checkpoint, with_attention):

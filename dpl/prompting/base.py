@@ -235,8 +235,9 @@ class ClipPromptModel(nn.Module):
     @property
     def has_frozen_image_features(self):
         """Whether ``encode_image`` is frozen CLIP's, so cached features stand for it (a subclass that
-        overrides ``encode_image`` never qualifies, whatever it inherits)."""
-        return self.FROZEN_IMAGE_FEATURES and type(self).encode_image is ClipPromptModel.encode_image
+        overrides ``encode_image`` or ``forward`` never qualifies, whatever it inherits)."""
+        return (self.FROZEN_IMAGE_FEATURES and type(self).encode_image is ClipPromptModel.encode_image
+                and type(self).forward is ClipPromptModel.forward)
 
     def logits(self, image_features, text_features):
         return self.logit_scale * image_features @ text_features.t()

@@ -180,9 +180,12 @@ class SelfRegulatingTrainer(ClipPromptTrainer):
         """A ``TeacherFeatureCache`` over the training set when the teacher's view is fixed (``clean``), else None."""
         if self.cfg.INPUT.TEACHER_VIEW != "clean":
             return None
+        from dpl.data.transforms.transforms import clean_view_transform  # the data stack only where a view is set
+        from dpl.evaluation.feature_cache import describe_transform
+
         weights = getattr(self, "weights_info", None)
-        key = {"weights_sha256": weights.sha256 if weights is not None else None, "view": "clean",
-               "size": list(self.cfg.INPUT.SIZE), "interpolation": self.cfg.INPUT.INTERPOLATION}
+        key = {"weights_sha256": weights.sha256 if weights is not None else None,
+               "view": describe_transform(clean_view_transform(self.cfg)), "precision": self.precision}
         print("Frozen image teacher: clean-view features are computed once per training image and reused")
         return TeacherFeatureCache(len(self.dm.dataset.train_x), key, self.device)
 
@@ -231,7 +234,8 @@ class SelfRegulatingTrainer(ClipPromptTrainer):
         if self.gpa is not None:
             state["gpa"] = self.gpa.state_dict()
         if self.teacher_features is not None:
-            state["teacher_features"] = self.teacher_features.state_dict()
+            # every process fills its own cache (the images of its shards): keep each one, as its RNG streams
+            state["teacher_features"] = self.world.all_gather_objects(self.teacher_features.state_dict())
         return state
 
     def set_trainer_state(self, state):
@@ -242,5 +246,6 @@ class SelfRegulatingTrainer(ClipPromptTrainer):
         super().set_trainer_state(state)
         if self.gpa is not None:
             self.gpa.load_state_dict(state["gpa"])
-        if self.teacher_features is not None and "teacher_features" in state:
-            self.teacher_features.load_state_dict(state["teacher_features"])
+        caches = state.get("teacher_features")
+        if self.teacher_features is not None and caches is not None and len(caches) == self.world.size:
+            self.teacher_features.load_state_dict(caches[self.world.rank])
