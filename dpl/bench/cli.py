@@ -10,10 +10,7 @@ asked: each ``--target`` adds a met / MISSED line for the ratios it names.
 """
 import argparse
 import contextlib
-import datetime
 import io
-import os
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -23,11 +20,11 @@ import torch
 from dpl.bench.data_parallel import data_parallel_rows, data_parallel_text
 from dpl.bench.eval_sweep import eval_sweep_summary, eval_sweep_text
 from dpl.bench.measure import Task, cpu_peak_memory_supported, measure, measure_isolated
-from dpl.bench.token_dropout import profiles_text, token_dropout_meta, token_dropout_rows, token_dropout_text
+from dpl.bench.token_dropout import profiles_text, token_dropout_rows, token_dropout_text
 from dpl.bench.transforms import patch_randaugment_rates, rates_text
 from dpl.bench.models import ARCHITECTURES, RANDOM_ARCHITECTURES, TRAINER_CONFIGS, input_resolution, write_random_weights
-from dpl.bench.report import (METRICS, TARGET_FORM, add_ratios, eval_compare_summary, parse_target, report_document,
-                              report_text, target_checks)
+from dpl.bench.report import (METRICS, TARGET_FORM, add_ratios, bench_command, eval_compare_summary, load_average,
+                              machine_meta, parse_target, report_document, report_text, target_checks)
 from dpl.utils.tools import write_json
 
 EVAL_COMPARE_TRAINER = "CoOp"
@@ -137,10 +134,6 @@ def check_args(parser, args):
     return trainers
 
 
-def _load_average():
-    return [round(value, 2) for value in os.getloadavg()] if hasattr(os, "getloadavg") else None
-
-
 def plan_tasks(args, trainers, backbone_name, weights_path, resolution, output_dir):
     """(per-trainer tasks, eval-comparison task or None)."""
     common = dict(backbone_name=backbone_name, weights_path=str(weights_path), resolution=resolution,
@@ -163,7 +156,7 @@ def plan_tasks(args, trainers, backbone_name, weights_path, resolution, output_d
 
 def run(args, trainers):
     run_one = measure if args.in_process else measure_isolated
-    load_start = _load_average()
+    load_start = load_average()
     with tempfile.TemporaryDirectory(prefix="dpl-bench-") as scratch:
         if args.arch in RANDOM_ARCHITECTURES:
             backbone_name, weights_path = args.arch, write_random_weights(args.arch, scratch, args.seed)
@@ -181,26 +174,23 @@ def run(args, trainers):
         if compare_task is not None:
             print(f"measuring evaluation at {compare_task.num_classes} classes ...", file=sys.stderr, flush=True)
             compare = eval_compare_summary(run_one(compare_task))
-    meta = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m dpl.bench " + " ".join(sys.argv[1:]),
-        "arch": args.arch, "weights": "random" if args.arch in RANDOM_ARCHITECTURES else args.arch,
-        "device": args.device, "batch_size": args.batch_size, "num_classes": args.num_classes,
-        "steps": args.steps, "warmup": args.warmup, "eval_batch_size": args.eval_batch_size,
-        "eval_batches": args.eval_batches, "isolated": not args.in_process,
-        "memory_kind": "CUDA max allocated" if torch.device(args.device).type == "cuda" else (
+    meta = dict(
+        machine_meta(bench_command(), load_start),
+        arch=args.arch, weights="random" if args.arch in RANDOM_ARCHITECTURES else args.arch,
+        device=args.device, batch_size=args.batch_size, num_classes=args.num_classes,
+        steps=args.steps, warmup=args.warmup, eval_batch_size=args.eval_batch_size,
+        eval_batches=args.eval_batches, isolated=not args.in_process,
+        memory_kind="CUDA max allocated" if torch.device(args.device).type == "cuda" else (
             "peak RSS" if cpu_peak_memory_supported() else "unavailable (no /proc)"),
-        "host": platform.node(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-        "torch": torch.__version__, "torch_threads": results[0]["threads"],
-        "load_average_start": load_start, "load_average_end": _load_average(),
-    }
+        torch_threads=results[0]["threads"],  # the measuring process's
+    )
     rows = add_ratios(results)
     return rows, meta, compare, target_checks(rows, args.target)
 
 
 def run_data_parallel(args, trainers):
     """``--data-parallel N``: the rows and meta of ``dpl.bench.data_parallel``."""
-    load_start = _load_average()
+    load_start = load_average()
     with tempfile.TemporaryDirectory(prefix="dpl-bench-") as scratch:
         weights_path = write_random_weights(args.arch, scratch, args.seed) if args.arch in RANDOM_ARCHITECTURES else ""
         tasks, _ = plan_tasks(args, trainers, args.arch, weights_path, input_resolution(args.arch, weights_path),
@@ -209,13 +199,8 @@ def run_data_parallel(args, trainers):
         for trainer in trainers:
             print(f"measuring {trainer} on 1 and {args.data_parallel} processes ...", file=sys.stderr, flush=True)
         rows = data_parallel_rows(by_trainer.__getitem__, trainers, args.data_parallel)
-    meta = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m dpl.bench " + " ".join(sys.argv[1:]), "arch": args.arch, "device": args.device,
-        "host": platform.node(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-        "threads_per_process": args.threads or 1,
-        "load_average_start": load_start, "load_average_end": _load_average(),
-    }
+    meta = dict(machine_meta(bench_command(), load_start), arch=args.arch, device=args.device,
+                threads_per_process=args.threads or 1)
     return rows, meta
 
 
@@ -223,8 +208,9 @@ def run_token_dropout(args, argv):
     """``--token-dropout N``: print (and write) the batched-vs-reference token dropout timings."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    meta = token_dropout_meta("python -m dpl.bench " + " ".join(sys.argv[1:] if argv is None else argv))
+    load_start = load_average()
     rows = token_dropout_rows(args.token_dropout, args.batch_size, args.num_classes, args.seed)
+    meta = dict(machine_meta(bench_command(argv), load_start), load_average=load_start)
     print(token_dropout_text(rows, meta))
     if args.verbose:
         # the profiler adds a cost per operator: a few calls show where time goes
@@ -236,7 +222,7 @@ def run_eval_sweep(args):
     """``--eval-sweep N``: the summary and meta of ``dpl.bench.eval_sweep``."""
     if args.threads:
         torch.set_num_threads(args.threads)
-    load_start = _load_average()
+    load_start = load_average()
 
     def quiet():
         return contextlib.nullcontext() if args.verbose else contextlib.redirect_stdout(io.StringIO())
@@ -245,14 +231,8 @@ def run_eval_sweep(args):
         weights_path = write_random_weights(args.arch, scratch, args.seed) if args.arch in RANDOM_ARCHITECTURES else ""
         print("measuring the evaluations of a sweep, image feature cache off, then on ...", file=sys.stderr, flush=True)
         summary = eval_sweep_summary(args, scratch, weights_path, input_resolution(args.arch, weights_path), quiet)
-    meta = {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m dpl.bench " + " ".join(sys.argv[1:]), "arch": args.arch,
-        "weights": "random" if args.arch in RANDOM_ARCHITECTURES else args.arch, "device": args.device,
-        "host": platform.node(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
-        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "load_average_start": load_start, "load_average_end": _load_average(),
-    }
+    meta = dict(machine_meta(bench_command(), load_start), arch=args.arch,
+                weights="random" if args.arch in RANDOM_ARCHITECTURES else args.arch, device=args.device)
     return summary, meta
 
 
@@ -264,7 +244,7 @@ def main(argv=None):
         if args.threads:
             torch.set_num_threads(args.threads)
         rates = patch_randaugment_rates(args.patch_randaugment, args.seed)
-        print(rates_text(rates, "python -m dpl.bench " + " ".join(sys.argv[1:])))
+        print(rates_text(rates, bench_command(argv)))
         if args.json is not None:
             write_json({"patch_randaugment": rates}, args.json)
             print(f"wrote {args.json}")

@@ -1,8 +1,14 @@
 """The benchmark's table and JSON document: per-trainer numbers with ratios against references of the same run,
 and, only for the targets a user asks for (``--target``), a met / MISSED verdict per ratio."""
+import datetime
 import math
+import os
+import platform
 import re
+import sys
 from dataclasses import dataclass
+
+import torch
 
 from tabulate import tabulate
 
@@ -51,6 +57,27 @@ def parse_target(text):
     if ratio is None or not (math.isfinite(ratio) and ratio > 0):
         raise ValueError(f"{text!r}: RATIO must be a positive number; {example}")
     return Target(match.group("trainer"), match.group("reference"), ratio, (metric,) if metric else tuple(METRICS))
+
+
+def load_average():
+    """The 1-, 5- and 15-minute load averages, rounded (None where the OS has none)."""
+    return [round(value, 2) for value in os.getloadavg()] if hasattr(os, "getloadavg") else None
+
+
+def bench_command(argv=None):
+    """The command line a report prints next to its numbers."""
+    return "python -m dpl.bench " + " ".join(sys.argv[1:] if argv is None else argv)
+
+
+def machine_meta(command, load_start):
+    """When, where and by what a measurement ran (every mode's JSON ``meta`` starts from this); call it after
+    measuring, with the load average taken before."""
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "command": command,
+        "host": platform.node(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+        "load_average_start": load_start, "load_average_end": load_average(),
+    }
 
 
 def variant_of(result):

@@ -16,9 +16,6 @@ the same in both, is reported on its own line).
 
 Shapes: ``N`` sequences, ``H`` heads, ``L`` tokens, ``K`` bridge tokens, ``D`` widths.
 """
-import datetime
-import os
-import platform
 import statistics
 import time
 
@@ -257,16 +254,9 @@ def profiles_text(batch_size, num_classes, calls=5, rows=12, seed=0):
     return "\n".join(parts)
 
 
-def token_dropout_meta(command):
-    load = [round(value, 2) for value in os.getloadavg()] if hasattr(os, "getloadavg") else None
-    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "command": command,
-            "host": platform.node(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(), "load_average": load}
-
-
 def token_dropout_text(rows, meta):
-    lines = [f"Token dropout kernels (importance, probability, draw, perturbation), one layer call: batched "
-             f"(TokenDropout) vs per-sample reference loop",
+    lines = ["Token dropout kernels (importance, probability, draw, perturbation), one layer call: batched "
+             "(TokenDropout) vs per-sample reference loop",
              f"{meta['date']}  {meta['command']}",
              f"host {meta['host']} ({meta['cpu_count']} CPUs), torch {meta['torch']}, {meta['torch_threads']} "
              f"threads, load average {meta['load_average']}",
