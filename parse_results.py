@@ -82,7 +82,7 @@ def print_protocol_table(args, out):
     if not args.directory or not os.path.isdir(args.directory):
         raise ResultsError(f"protocol root not found: {args.directory!r}")
     if args.plot and args.protocol not in plots.PLOT_PROTOCOLS:
-        raise ResultsError(f"--plot supports --protocol base2new, longtail and fewshot, not {args.protocol}")
+        raise ResultsError(f"--plot supports --protocol {', '.join(plots.PLOT_PROTOCOLS)}, not {args.protocol}")
     plt = plots.import_pyplot() if args.plot else None  # fail before any work when matplotlib is missing
     grid = build_table(TableOptions(args.protocol, args.directory, args.keyword, args.ci95, args.seeds,
                                     args.datasets, args.title, args.source))
