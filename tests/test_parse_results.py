@@ -374,14 +374,6 @@ def test_plot_without_matplotlib_is_one_clear_error(base2new_tree, tmp_path, mon
     assert code == 1 and "needs matplotlib" in err
 
 
-def test_plots_written(base2new_tree, tmp_path):
-    pytest.importorskip("matplotlib")
-    code, _, _ = run_cli("--protocol", "base2new", base2new_tree, "--plot", tmp_path / "plots")
-    assert code == 0
-    names = sorted(p.name for p in (tmp_path / "plots").iterdir())
-    assert names == ["base2new_Average.png", "base2new_dtd.png", "base2new_eurosat.png"]
-
-
 def test_missing_root_is_one_line_error(tmp_path):
     code, _, err = run_cli("--protocol", "base2new", tmp_path)
     assert code == 1 and err.startswith("error: no train_base/")
@@ -391,15 +383,6 @@ def test_command_line_entry_point():
     proc = subprocess.run([sys.executable, str(REPO / "parse_results.py"), str(FIXTURES / "old_fork")],
                           capture_output=True, text=True, cwd=str(REPO.parent))
     assert proc.returncode == 0 and "* accuracy: 81.73% +- 0.05%" in proc.stdout
-
-
-def test_fewshot_plots_written(tmp_path):
-    pytest.importorskip("matplotlib")
-    for shots, acc in ((1, 50.0), (2, 55.0), (4, 60.0)):
-        write_log(tmp_path / "runs" / "dtd" / "CoOp" / f"vit_b16_ep50_{shots}shots" / "seed1", TRAIN_LOG, acc)
-    code, _, err = run_cli("--protocol", "fewshot", tmp_path / "runs", "--plot", tmp_path / "plots")
-    assert code == 0, err
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["few_shot_Average.png", "few_shot_dtd.png"]
 
 
 def test_group_accuracy_from_tagged_per_class_rows():
@@ -418,3 +401,235 @@ def test_protocol_table_with_other_keyword(base2new_tree):
     dtd = next(r for r in json.loads(out)["rows"] if r["Dataset"] == "dtd")
     cell = next(c for c in dtd["cells"] if c["group"] == "DropoutPrompt" and c["column"] == "Base")
     assert cell["mean"] == pytest.approx(84.1 - 1)  # results.json macro_f1 of the fixture: accuracy - 1
+
+
+# ---------------------------------------------------------------------------------------------
+# --plot: one figure per protocol whose bars / lines are the table's means and spreads
+# ---------------------------------------------------------------------------------------------
+
+ABLATION = "IMPORTANCE=uniform"
+
+
+@pytest.fixture
+def plt():
+    pytest.importorskip("matplotlib")
+    from dpl.results import plots
+
+    pyplot = plots.import_pyplot()
+    yield pyplot
+    pyplot.close("all")
+
+
+@pytest.fixture
+def ablation_tree(base2new_tree):
+    """base2new_tree plus an ablation of DropoutPrompt (config folder ``<cfg>@IMPORTANCE=uniform``), 3 seeds."""
+    trainer, cfg = DPL
+    for dataset, (base, new) in (("dtd", ([81.0, 82.0, 84.0], [63.0, 64.5, 64.0])),
+                                 ("eurosat", ([93.0, 93.5, 92.0], [77.0, 79.0, 78.5]))):
+        for seed, (b, n) in enumerate(zip(base, new), start=1):
+            write_results_json(run_dir(base2new_tree, "train_base", dataset, trainer, f"{cfg}@{ABLATION}", seed), b)
+            write_results_json(run_dir(base2new_tree, "test_new", dataset, trainer, f"{cfg}@{ABLATION}", seed), n)
+    return base2new_tree
+
+
+def write_fewshot_tree(root):
+    """CoOp (+ a CSC=True variant) and DropoutPrompt at 1 / 2 / 4 shots on dtd, 3 seeds."""
+    for trainer, folder, offset in (("CoOp", "", 0.0), ("CoOp", "@CSC=True", -2.0), ("DropoutPrompt", "", 5.0)):
+        for shots, accs in ((1, [50.0, 52.0, 54.0]), (2, [55.0, 56.0, 58.0]), (4, [60.0, 61.0, 62.0])):
+            for seed, acc in enumerate(accs, start=1):
+                tag = f"vit_b16_ep50_{shots}shots{folder}"
+                write_log(root / "dtd" / trainer / tag / f"seed{seed}", TRAIN_LOG, acc + offset + seed * (shots - 1) / 4)
+    return root
+
+
+def data_axes(fig):
+    return [ax for ax in fig.axes if ax.get_label() != "legend"]
+
+
+def drawn_bars(ax):
+    """{(method, x tick label): (bar height, error bar half-length or None)} of one bar-chart axes."""
+    from matplotlib.container import BarContainer, ErrorbarContainer
+
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    errors = {}
+    for c in ax.containers:
+        if isinstance(c, ErrorbarContainer):
+            for (x, y0), (_, y1) in c.lines[2][0].get_segments():
+                errors[(c.get_label().lstrip("_"), round(x, 6))] = (y1 - y0) / 2
+    bars = {}
+    for c in ax.containers:
+        if isinstance(c, BarContainer):
+            for patch in c.patches:
+                x = patch.get_x() + patch.get_width() / 2
+                bars[(c.get_label(), ticks[round(x)])] = (patch.get_height(), errors.get((c.get_label(), round(x, 6))))
+    return bars
+
+
+def bar_colours(ax):
+    """{method: (face colour as hex, hatch)} of one bar-chart axes."""
+    from matplotlib.colors import to_hex
+    from matplotlib.container import BarContainer
+
+    return {c.get_label(): (to_hex(c.patches[0].get_facecolor()), c.patches[0].get_hatch())
+            for c in ax.containers if isinstance(c, BarContainer)}
+
+
+def expected_error(value):
+    return value.spread if value.spread is not None and value.n is not None and value.n > 1 else None
+
+
+@pytest.mark.parametrize("ci95", [False, True])
+def test_base2new_figure_bars_are_the_table_means_and_spreads(ablation_tree, plt, ci95):
+    from dpl.results import plots
+
+    grid = tables.build_table(tables.TableOptions("base2new", str(ablation_tree), ci95=ci95))
+    methods = list(dict.fromkeys(m for m, _ in grid.columns))
+    assert methods == ["CoOp", "DropoutPrompt", f"DropoutPrompt [{ABLATION}]"]
+    fig = plots.build_figure(grid, "base2new", plt)
+    axes = data_axes(fig)
+    assert [ax.get_title() for ax in axes] == ["dtd", "eurosat", "Average"]
+    for ax, ((dataset,), cells) in zip(axes, grid.rows):
+        bars = drawn_bars(ax)
+        expected = {column: (v.mean, expected_error(v)) for column, v in zip(grid.columns, cells) if v is not None}
+        assert set(bars) == set(expected), dataset
+        for key, (mean, error) in expected.items():
+            height, drawn_error = bars[key]
+            assert height == pytest.approx(mean), (dataset, key)
+            assert drawn_error == (None if error is None else pytest.approx(error)), (dataset, key)
+        # y axis: inside [0, 100], holding every mean ± spread drawn
+        low, high = ax.get_ylim()
+        assert 0 <= low and high <= 100
+        assert all(low <= m - (e or 0) and m + (e or 0) <= high for m, e in expected.values()), (dataset, low, high)
+        assert low > 0  # not from 0: accuracies of 60..96 would be squeezed into the top of the chart
+    dtd = drawn_bars(axes[0])
+    assert dtd[("DropoutPrompt", "New")][1] == pytest.approx(1.96 * 0.2449 / 3 ** 0.5 if ci95 else 0.2449, abs=1e-4)
+    assert dtd[("CoOp", "HM")][1] is None  # HM and the Average row have no spread
+    assert all(error is None for _, error in drawn_bars(axes[2]).values())
+    assert fig.texts[0].get_text().endswith("(error bars: 95% interval over seeds)" if ci95 else
+                                            "(error bars: std over seeds)")
+
+
+def test_longtail_figure_has_the_group_columns(ablation_tree, plt):
+    from dpl.results import plots
+
+    grid = tables.build_table(tables.TableOptions("longtail", str(ablation_tree)))
+    axes = data_axes(plots.build_figure(grid, "longtail", plt))
+    dtd = drawn_bars(axes[0])
+    assert [t.get_text() for t in axes[0].get_xticklabels()] == ["Base", "New", "HM", "Many", "Medium", "Few"]
+    assert dtd[("DropoutPrompt", "Many")] == (pytest.approx(85.1), pytest.approx(0.1633, abs=1e-4))
+    assert ("CoOp", "Many") not in dtd  # logs carry no group accuracy: no bar, not a zero bar
+    assert [t.get_text() for t in axes[2].get_xticklabels()] == ["Base", "New", "HM"]  # Average: no groups
+
+
+def test_method_colours_are_fixed_across_figures_and_ablations_are_hatched(ablation_tree, tmp_path, plt):
+    from dpl.results import plots
+
+    base2new = data_axes(plots.build_figure(tables.build_table(tables.TableOptions("base2new", str(ablation_tree))),
+                                            "base2new", plt))[0]
+    colours = bar_colours(base2new)
+    assert list(colours) == ["CoOp", "DropoutPrompt", f"DropoutPrompt [{ABLATION}]"]  # canonical order
+    assert colours["CoOp"][0] == plots.TAB10[plots.TRAINER_ORDER.index("CoOp")]
+    assert colours["DropoutPrompt"][0] == plots.TAB10[plots.TRAINER_ORDER.index("DropoutPrompt")]
+    # the ablation: its trainer's colour, told apart by a hatch
+    assert colours[f"DropoutPrompt [{ABLATION}]"][0] == colours["DropoutPrompt"][0]
+    assert colours[f"DropoutPrompt [{ABLATION}]"][1] and not colours["DropoutPrompt"][1]
+
+    # another protocol, other methods: same colours
+    from matplotlib.colors import to_hex
+
+    grid = tables.build_table(tables.TableOptions("fewshot", str(write_fewshot_tree(tmp_path / "fs"))))
+    lines = {c.get_label(): c.lines[0] for c in data_axes(plots.build_figure(grid, "fewshot", plt))[0].containers}
+    assert to_hex(lines["CoOp"].get_color()) == colours["CoOp"][0]
+    assert to_hex(lines["DropoutPrompt"].get_color()) == colours["DropoutPrompt"][0]
+    assert to_hex(lines["CoOp [CSC=True]"].get_color()) == colours["CoOp"][0]
+    assert lines["CoOp [CSC=True]"].get_linestyle() != lines["CoOp"].get_linestyle()
+
+    # an unknown trainer's colour does not depend on which methods are next to it
+    alone = plots.method_style("MyTrainer")
+    crowd = plots.method_styles(["ZeroshotCLIP", "MaPLe", "MyTrainer", "Other", "MyTrainer [x]"])
+    assert crowd["MyTrainer"] == alone and crowd["MyTrainer [x]"].colour == alone.colour
+    assert alone.colour not in plots.TAB10[:len(plots.TRAINER_ORDER)]
+    assert list(crowd) == ["ZeroshotCLIP", "MaPLe", "MyTrainer", "MyTrainer [x]", "Other"]
+    variants = plots.method_styles(["CoOp [b]", "CoOp [a]", "CoOp"])
+    assert variants["CoOp [a]"].hatch != variants["CoOp [b]"].hatch and variants["CoOp"].hatch == ""
+
+
+def test_fewshot_figure_lines_are_shots_means_and_spreads(tmp_path, plt):
+    from dpl.results import plots
+
+    grid = tables.build_table(tables.TableOptions("fewshot", str(write_fewshot_tree(tmp_path))))
+    axes = data_axes(plots.build_figure(grid, "fewshot", plt))
+    assert [ax.get_title() for ax in axes] == ["dtd", "Average"]
+    for col, ax in enumerate(axes):
+        assert ax.get_xscale() == "log"
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4"]
+        lines = {c.get_label(): c for c in ax.containers}
+        assert list(lines) == ["CoOp", "CoOp [CSC=True]", "DropoutPrompt"]
+        for label, container in lines.items():
+            rows = [(int(k), cells[col]) for (m, k), cells in grid.rows if m == label]
+            line, _, bars = container.lines
+            assert list(line.get_xdata()) == [k for k, _ in rows]
+            assert list(line.get_ydata()) == pytest.approx([v.mean for _, v in rows])
+            if col == 0:
+                half = [(y1 - y0) / 2 for (_, y0), (_, y1) in bars[0].get_segments()]
+                assert half == pytest.approx([v.spread for _, v in rows]) and min(half) > 0
+            else:
+                assert not bars  # Average column: no spread
+        low, high = ax.get_ylim()
+        assert 0 <= low and high <= 100
+        assert all(low <= v.mean - (expected_error(v) or 0) and v.mean + (expected_error(v) or 0) <= high
+                   for _, cells in grid.rows for v in [cells[col]])
+
+
+def test_crossdomain_figure_bars(tmp_path, plt):
+    from dpl.results import plots
+
+    write_xd_tree(tmp_path)
+    grid = tables.build_table(tables.TableOptions("xd", str(tmp_path)))
+    (ax,) = data_axes(plots.build_figure(grid, "xd", plt))
+    bars = drawn_bars(ax)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["imagenet\n(source)", "dtd", "eurosat", "Average"]
+    assert bars[("PromptSRC", "imagenet\n(source)")] == (pytest.approx(71.5), pytest.approx(0.5))
+    assert bars[("PromptSRC", "eurosat")] == (pytest.approx(42.0), pytest.approx(2.0))
+    assert bars[("ZeroshotCLIP", "dtd")] == (pytest.approx(44.4), None)  # one run: no error bar
+    assert list(bar_colours(ax)) == ["ZeroshotCLIP", "PromptSRC"]
+
+
+def test_y_limits_round_and_stay_in_0_100():
+    from dpl.results.plots import y_limits
+
+    assert y_limits([(81.0, 0.8), (61.0, 0.8)]) == (55.0, 85.0)
+    assert y_limits([(99.5, 1.0), (97.0, None)]) == (95.0, 100.0)
+    assert y_limits([(3.0, 4.0), (80.0, 1.0)]) == (0.0, 90.0)
+    assert y_limits([(100.0, 0.0)]) == (95.0, 100.0)
+
+
+def test_legend_has_its_own_row_below_the_data(ablation_tree, plt):
+    from dpl.results import plots
+
+    fig = plots.build_figure(tables.build_table(tables.TableOptions("base2new", str(ablation_tree))), "base2new", plt)
+    fig.tight_layout()
+    fig.canvas.draw()
+    legend = next(ax for ax in fig.axes if ax.get_label() == "legend").get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["CoOp", "DropoutPrompt", f"DropoutPrompt [{ABLATION}]"]
+    box = legend.get_window_extent()
+    for ax in data_axes(fig):
+        assert not box.overlaps(ax.get_window_extent()) and box.y1 < ax.get_window_extent().y0
+
+
+@pytest.mark.parametrize("protocol", ["base2new", "longtail", "xd", "dg", "fewshot"])
+def test_one_png_per_protocol_written_and_printed(ablation_tree, tmp_path, protocol):
+    pytest.importorskip("matplotlib")
+    if protocol in ("xd", "dg"):
+        root = tmp_path / "xd"
+        write_xd_tree(root)
+    elif protocol == "fewshot":
+        root = write_fewshot_tree(tmp_path / "fs")
+    else:
+        root = ablation_tree
+    out_dir = tmp_path / "plots"
+    code, _, err = run_cli("--protocol", protocol, root, "--plot", out_dir)
+    assert code == 0, err
+    assert [p.name for p in out_dir.iterdir()] == [f"{protocol}.png"]
+    assert f"plot: {out_dir / (protocol + '.png')}" in err.splitlines()
+    assert (out_dir / f"{protocol}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
