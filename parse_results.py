@@ -34,6 +34,9 @@ Layouts read by the tables (what the scripts under ``scripts/`` write)::
 there is none (exit 3). Config folders named ``<cfg>@<variant>`` (a run whose options changed the
 experiment, or a ``TAG``) and base-to-novel runs with other than 16 shots are rows of their own:
 ``DropoutPrompt [IMPORTANCE=uniform]``, ``CoOp [shots_4]``.
+
+``--plot DIR`` writes one PNG per protocol, ``DIR/<protocol>.png`` (``dpl.results.plots``), error bars =
+the table's spread (std, or the 95% interval with ``--ci95``).
 """
 import argparse
 import os
