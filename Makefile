@@ -8,9 +8,9 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): setup.py requirements.txt
+$(STAMP): setup.py requirements.txt Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -e ".[test,cluster]"
+	$(PY) -m pip install -e ".[test,cluster,plot]"
 	touch $(STAMP)
 
 # The test models are tiny: one intra-op thread per process beats oversubscribing CI's 2 cores.

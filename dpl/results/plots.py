@@ -16,6 +16,7 @@ A method has the same colour in every figure (``method_styles``): its trainer's 
 dashed line and another marker (lines). The legend has its own row below the subplots.
 """
 import math
+import io
 import os
 import re
 import zlib
@@ -280,11 +281,24 @@ def build_figure(grid, protocol, plt):
     return plot_bars(grid, plt)
 
 
-def save_figure(fig, out_dir, name, plt):
+def save_figure(fig, out_dir, name, plt, dpi=120, palette=0):
+    """Write ``fig`` as ``out_dir/name`` (a file-system-safe name) and close it; its path.
+
+    ``palette``: a PNG of at most that many colours (0: full colour); a few times smaller, for documents.
+    """
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, safe_name(name))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    if palette:
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        fig.savefig(buffer, dpi=dpi, format="png")
+        buffer.seek(0)
+        with Image.open(buffer) as image:
+            image.convert("RGB").quantize(palette, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
+    else:
+        fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 

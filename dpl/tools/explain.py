@@ -1,0 +1,229 @@
+"""``python -m dpl.tools.explain``: pictures of what token dropout protects in a trained run.
+
+    python -m dpl.tools.explain --model-dir RUN                     # 4 test images of the run's dataset
+    python -m dpl.tools.explain --model-dir RUN --images a.jpg b.jpg --layer 3
+    python -m dpl.tools.explain --dataset-config-file configs/datasets/dtd.yaml --root DATA --backbone ViT-B/16
+
+For a DropoutPrompt run it draws, per image, the per-patch maps of the three importance terms (global-token
+attention, maximal self-attention, alignment guidance), the combined importance and the drop probability, and
+for the class prompts a bar chart of each token's importance and drop probability: the numbers its training
+step computes, on the clean forward pass (see ``dpl.explain.maps``). A run of another method, or no run (the
+frozen CLIP of ``--backbone``), is drawn from the frozen CLIP's attention, and the output says so.
+
+Writes ``vision_<layer>.png``, ``text_<layer>.png`` and the arrays behind them, ``maps_<layer>.npz``, to
+``--out`` (default ``RUN/explain``, or ``./explain`` without a run) and prints their paths. Headless (Agg).
+Errors are one line on stderr, exit 1.
+"""
+import argparse
+import contextlib
+import io
+import os
+import sys
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+
+from dpl.config import get_cfg_default
+from dpl.config.node import CfgNode
+from dpl.data.data_manager import read_image
+from dpl.engine import UserError, build_trainer, extend_cfg_for_all_trainers
+from dpl.explain.figures import image_figure, layer_title, select_layer, text_figure, vision_panels
+from dpl.explain.model_maps import explain
+from dpl.plugins import load_plugins, plugin_paths
+from dpl.results import plots
+from dpl.results.errors import ResultsError
+from dpl.results.runs import latest_checkpoints, read_checkpoint
+from dpl.utils import UnknownNameError
+
+FROZEN_TRAINER = "ZeroshotCLIP"  # what builds the frozen CLIP when no run is given
+MAX_IMAGES = 12  # rows of one figure
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-dir", default="", help="a trained run's folder (its latest checkpoint is drawn)")
+    p.add_argument("--load-epoch", type=int, help="the checkpoint of this epoch instead of the latest")
+    p.add_argument("--images", nargs="+", default=[], metavar="FILE", help="image files (default: the test split)")
+    p.add_argument("--num-images", type=int, default=4, help="test images to draw without --images (default 4)")
+    p.add_argument("--num-classes", type=int, default=4, help="class prompts in the text chart (default 4)")
+    p.add_argument("--layer", default="mean", help="a dropping layer, or 'mean' over them (default)")
+    p.add_argument("--out", default="", help="output folder (default RUN/explain, or ./explain)")
+    p.add_argument("--root", default="", help="dataset root (default: the run's)")
+    p.add_argument("--classes", choices=("base", "new", "all"), help="class subset (default: the run's)")
+    p.add_argument("--dataset-config-file", default="", help="without a run: the dataset of the frozen CLIP")
+    p.add_argument("--backbone", default="pocket", help="without a run: the CLIP (default pocket)")
+    p.add_argument("--dpi", type=int, default=120, help="resolution of the PNG files (default 120)")
+    p.add_argument("--palette", type=int, default=0, metavar="N",
+                   help="PNG files of at most N colours (e.g. 64: a few times smaller, for documents)")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even where CUDA is available")
+    p.add_argument("--plugin", action="append", default=[], metavar="PATH", help="as train.py's --plugin")
+    return p
+
+
+# ----- the model ---------------------------------------------------------------------------------------------
+def run_config(model_dir):
+    """The config a run's latest checkpoint recorded (every checkpoint of this code base holds it)."""
+    if not os.path.isdir(model_dir):
+        raise UserError(f"--model-dir {model_dir}: no such folder")
+    checkpoints = latest_checkpoints(model_dir)
+    if not checkpoints:
+        raise UserError(f"--model-dir {model_dir}: no checkpoint here (a model folder with a 'checkpoint' file); "
+                        "give the folder of a run that trained, e.g. output/.../seed1")
+    config = read_checkpoint(checkpoints[0]).get("config")
+    if not isinstance(config, dict):
+        raise UserError(f"{checkpoints[0]} records no config (written by other code): explain cannot rebuild its model")
+    cfg = base_cfg()
+    try:
+        cfg.merge_from_other_cfg(CfgNode(config))
+    except KeyError as exc:  # a trainer or dataset node of a plugin that is not loaded
+        raise UserError(f"{checkpoints[0]}: its config has a key this code does not define ({exc}); load the "
+                        "plugin that defines it with --plugin PATH") from None
+    return cfg
+
+
+def frozen_config(args):
+    """The frozen CLIP of ``--backbone`` on the dataset of ``--dataset-config-file``."""
+    if not args.dataset_config_file:
+        raise UserError("give --model-dir RUN, or --dataset-config-file (and --root) for the frozen CLIP")
+    if not os.path.isfile(args.dataset_config_file):
+        raise UserError(f"--dataset-config-file {args.dataset_config_file}: no such file")
+    cfg = base_cfg()
+    cfg.merge_from_file(args.dataset_config_file)
+    cfg.TRAINER.NAME, cfg.MODEL.BACKBONE.NAME = FROZEN_TRAINER, args.backbone
+    return cfg
+
+
+def base_cfg():
+    cfg = get_cfg_default()
+    extend_cfg_for_all_trainers(cfg)
+    return cfg
+
+
+def build_model(args):
+    """``(trainer, cfg)`` with the run's model loaded (or the frozen CLIP), in eval mode; build logs are muted."""
+    load_plugins(plugin_paths(args.plugin))
+    cfg = run_config(args.model_dir) if args.model_dir else frozen_config(args)
+    if args.root:
+        cfg.DATASET.ROOT = args.root
+    if args.classes:
+        cfg.DATASET.SUBSAMPLE_CLASSES = args.classes
+    if args.cpu:
+        cfg.USE_CUDA = False
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.freeze()
+    with contextlib.redirect_stdout(io.StringIO()):
+        trainer = build_trainer(cfg)
+        if args.model_dir and args.load_epoch is not None:
+            trainer.load_model(args.model_dir, epoch=args.load_epoch)
+        elif args.model_dir:
+            load_latest(trainer, args.model_dir)
+    trainer.model.eval()
+    return trainer, cfg
+
+
+def load_latest(trainer, model_dir):
+    """The latest checkpoint of each model folder (mid-epoch ones too: a run in progress can be drawn)."""
+    for path in latest_checkpoints(model_dir):
+        trainer.load_checkpoint_state_dict(os.path.basename(os.path.dirname(path)), read_checkpoint(path)["state_dict"])
+
+
+# ----- the images --------------------------------------------------------------------------------------------
+def chosen_images(args, dataset):
+    """``[(path, label or None)]``: ``--images``, else the first test image of each class, then the next ones."""
+    if args.images:
+        return [(path, None) for path in args.images]
+    if args.num_images < 1:
+        raise UserError(f"--num-images {args.num_images}: draw at least one image")
+    test = list(dataset.test)
+    first_of_class = list({item.label: item for item in reversed(test)}.values())[::-1]
+    ordered = sorted(first_of_class, key=test.index) + [item for item in test if item not in first_of_class]
+    return [(item.impath, item.label) for item in ordered[:min(args.num_images, MAX_IMAGES)]]
+
+
+def load_images(paths, transform):
+    """``(model inputs [N, 3, H, W], pictures [N, H, W, 3] in [0, 1])``: the test transform, and its output with
+    the normalisation undone (what the model sees, as a picture)."""
+    inputs = torch.stack([transform(read_image(path)) for path in paths])
+    normalize = next((t for t in getattr(transform, "transforms", []) if isinstance(t, T.Normalize)), None)
+    pictures = inputs
+    if normalize is not None:
+        mean, std = torch.tensor(normalize.mean)[:, None, None], torch.tensor(normalize.std)[:, None, None]
+        pictures = inputs * std + mean
+    return inputs, pictures.clamp(0, 1).permute(0, 2, 3, 1).numpy()
+
+
+# ----- the figures -------------------------------------------------------------------------------------------
+def layer_choice(text):
+    if text == "mean":
+        return "mean"
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(f"--layer {text!r}: give a layer index or 'mean'") from None
+
+
+def captions(chosen, explanation, classnames):
+    lines = []
+    for (path, label), predicted, confidence in zip(chosen, explanation.predicted, explanation.confidence):
+        first = f"true: {classnames[label]}" if label is not None else os.path.basename(path)
+        lines.append(f"{first}\npredicted: {classnames[predicted]} ({confidence:.2f})")
+    return lines
+
+
+def text_rows(chosen, explanation, limit):
+    """The class prompts to chart: the images' true classes (else predicted ones), each once, at most ``limit``."""
+    classes = [label if label is not None else int(p) for (_, label), p in zip(chosen, explanation.predicted)]
+    return list(dict.fromkeys(classes))[:max(1, limit)]
+
+
+def write_figures(explanation, pictures, chosen, classnames, layer, num_classes, out_dir, plt, dpi=120,
+                  palette=0):
+    """The PNG files and the ``.npz`` of the arrays drawn; their paths."""
+    written = []
+    tag = "mean" if layer == "mean" else f"layer{layer}"
+    vision = select_layer(explanation.vision, layer)
+    panels = vision_panels(vision, explanation.grid)
+    heading = f"{explanation.source}; {layer_title(vision.layer)}"
+    fig = image_figure(pictures, panels, captions(chosen, explanation, classnames), heading, plt)
+    written.append(plots.save_figure(fig, out_dir, f"vision_{tag}.png", plt, dpi, palette))
+    arrays = {f"vision/{title}": maps for title, maps in panels}
+    if explanation.text:
+        text = select_layer(explanation.text, layer)
+        rows = text_rows(chosen, explanation, num_classes)
+        fig = text_figure(explanation.token_labels, text, rows, classnames, heading, plt)
+        written.append(plots.save_figure(fig, out_dir, f"text_{tag}.png", plt, dpi, palette))
+        arrays.update({f"text/{name}": t.numpy() for name, t in text.terms.items()})
+        arrays["text/probability"] = text.probability.numpy()
+        if text.importance is not None:
+            arrays["text/importance"] = text.importance.numpy()
+    path = os.path.join(out_dir, f"maps_{tag}.npz")
+    np.savez_compressed(path, **arrays)
+    return written + [path]
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        plt = plots.import_pyplot()  # before any work: a missing matplotlib fails at once
+        layer = layer_choice(args.layer)
+        trainer, cfg = build_model(args)
+        dataset = trainer.dm.dataset
+        chosen = chosen_images(args, dataset)
+        inputs, pictures = load_images([path for path, _ in chosen], trainer.dm.tfm_test)
+        explanation = explain(trainer.model, inputs, dataset.classnames, cfg.DATASET.NAME, cfg.TRAINER.NAME)
+        out_dir = args.out or (os.path.join(args.model_dir, "explain") if args.model_dir else "explain")
+        os.makedirs(out_dir, exist_ok=True)
+        if explanation.fallback:
+            print(f"note: {explanation.source}")
+        for path in write_figures(explanation, pictures, chosen, dataset.classnames, layer, args.num_classes,
+                                  out_dir, plt, args.dpi, args.palette):
+            print(path)
+    except (UserError, ResultsError, UnknownNameError, FileNotFoundError, PermissionError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,251 @@
+"""Token-importance pictures: the recorded maps are the training step's numbers, the figures draw exactly them,
+and ``python -m dpl.tools.explain`` works on a trained run, on another method's run and without a run."""
+import numpy as np
+import pytest
+import torch
+
+from dpl.drople import token_dropout as td
+from dpl.explain import ImportanceRecorder, explain, mean_over_layers
+from dpl.explain.figures import image_figure, patch_grid, select_layer, text_figure, vision_panels
+from dpl.explain.model_maps import token_words
+from dpl.project import PROJECT_ROOT
+from dpl.tools import explain as explain_cli
+from helpers import build_trainer_in_process, run_train, train_opts
+
+matplotlib = pytest.importorskip("matplotlib")
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+DPL_CONFIG = "DropoutPrompt/vit_b16_c2_ep20_batch4_4+4ctx.yaml"
+
+
+@pytest.fixture(scope="module")
+def dpl_trainer(tmp_path_factory, tiny_clip_path):
+    trainer = build_trainer_in_process(tmp_path_factory.mktemp("explain"), tiny_clip_path, "DropoutPrompt", DPL_CONFIG,
+                                       "TRAINER.DPL.TEACHER_TEMPLATES", "dataset")
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def images(dpl_trainer):
+    loader = iter(dpl_trainer.test_loader)
+    return torch.cat([next(loader)["img"], next(loader)["img"]])[:3]
+
+
+@pytest.fixture(scope="module")
+def explanation(dpl_trainer, images):
+    model = dpl_trainer.model.eval()
+    return explain(model, images, dpl_trainer.dm.dataset.classnames, "DescribableTextures", "DropoutPrompt")
+
+
+class Spy:
+    """Records the inputs and output of every ``TokenDropout.probability`` call (the training hook's)."""
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        probability = td.TokenDropout.probability
+
+        def spy(dropout, layout, attn, mag_attn, length):
+            result = probability(dropout, layout, attn, mag_attn, length)
+            self.calls.append({"modality": layout.modality, "probability": result, "attn": attn,
+                               "mag_attn": mag_attn, "layout": layout, "length": length})
+            return result
+
+        monkeypatch.setattr(td.TokenDropout, "probability", spy)
+
+    def first(self, modality):
+        return next(call for call in self.calls if call["modality"] == modality)
+
+
+@pytest.mark.parametrize("modality", ["vision", "text"])
+def test_recorded_maps_equal_the_training_steps_at_the_first_dropping_layer(dpl_trainer, images, explanation,
+                                                                             monkeypatch, modality):
+    model = dpl_trainer.model
+    spy = Spy(monkeypatch)
+    model.train()
+    with torch.no_grad():
+        model.forward_train(images)
+    model.eval()
+    training = spy.first(modality)
+    recorded = (explanation.vision if modality == "vision" else explanation.text)[0]
+    length = training["length"]
+    assert recorded.probability.shape[1] == length
+    torch.testing.assert_close(recorded.probability, training["probability"].float(), rtol=0, atol=1e-6)
+    attn, layout = training["attn"][..., :length, :length], training["layout"]
+    scored = td.scored_positions(layout, length)
+    torch.testing.assert_close(recorded.terms["cls"], td.global_attention_score(attn, layout.global_index, scored))
+    torch.testing.assert_close(recorded.terms["self"], td.self_attention_score(attn, scored))
+    torch.testing.assert_close(recorded.terms["mag"], td.alignment_score(training["mag_attn"][..., :length], scored))
+    importance = td.token_importance(("self", "cls", "mag"), attn, training["mag_attn"][..., :length],
+                                     layout.global_index, scored)
+    torch.testing.assert_close(recorded.importance, importance)
+    eligible = recorded.eligible
+    assert (recorded.probability[~eligible] == 0).all()
+    p_min, p_max = model.dropout.p_min, model.dropout.p_max
+    assert ((recorded.probability[eligible] >= p_min - 1e-6) & (recorded.probability[eligible] <= p_max + 1e-6)).all()
+
+
+def test_recording_changes_nothing_and_covers_every_dropping_layer(dpl_trainer, images, explanation):
+    model = dpl_trainer.model.eval()
+    assert set(explanation.vision) == set(model.drop_layers_vision)
+    assert set(explanation.text) == set(model.drop_layers_text)
+    with torch.no_grad():
+        plain = model.encode_image(images)
+        hooked = model.encode_image(images, hook=ImportanceRecorder(model.dropout, model.drop_layers_vision, model.mag))
+    torch.testing.assert_close(hooked, plain, rtol=0, atol=0)
+
+
+def test_the_mean_over_layers_is_the_elementwise_mean(explanation):
+    mean = mean_over_layers(explanation.vision)
+    layers = list(explanation.vision.values())
+    torch.testing.assert_close(mean.probability, torch.stack([m.probability for m in layers]).mean(dim=0))
+    torch.testing.assert_close(mean.terms["mag"], torch.stack([m.terms["mag"] for m in layers]).mean(dim=0))
+    assert mean.layer is None and select_layer(explanation.vision, "mean").layer is None
+
+
+def test_patch_grid_puts_token_1_plus_i_grid_plus_j_at_row_i_column_j(explanation):
+    maps = explanation.vision[0]
+    grid = explanation.grid
+    patches = patch_grid(maps.probability, grid)
+    assert patches.shape == (3, grid, grid)
+    i, j = grid - 1, 1
+    assert patches[2, i, j] == maps.probability[2, 1 + i * grid + j].item()
+
+
+def test_the_image_figure_draws_the_recorded_arrays(explanation, images):
+    maps = select_layer(explanation.vision, 1)
+    panels = vision_panels(maps, explanation.grid)
+    assert [title for title, _ in panels] == ["global-token attention", "max self-attention", "alignment guidance",
+                                              "importance (combined)", "drop probability"]
+    pictures = np.random.default_rng(0).random((3, 32, 32, 3))
+    fig = image_figure(pictures, panels, ["a", "b", "c"], "heading", plt)
+    map_axes = [ax for ax in fig.axes if len(ax.images) == 2]  # a faded picture under each map
+    assert len(map_axes) == 3 * len(panels)
+    for index, ax in enumerate(map_axes):
+        row, col = divmod(index, len(panels))
+        np.testing.assert_array_equal(np.asarray(ax.images[-1].get_array()), panels[col][1][row])
+    np.testing.assert_array_equal(panels[-1][1], patch_grid(maps.probability, explanation.grid))
+    plt.close(fig)
+
+
+def test_the_text_figure_draws_importance_bars_and_eligible_probabilities(dpl_trainer, explanation):
+    maps = select_layer(explanation.text, "mean")
+    classnames = dpl_trainer.dm.dataset.classnames
+    fig = text_figure(explanation.token_labels, maps, [0, 2], classnames, "heading", plt)
+    bar_axes = [ax for ax in fig.axes if ax.containers]
+    for ax, row in zip(bar_axes, [0, 2]):
+        labels = explanation.token_labels[row]
+        heights = [bar.get_height() for bar in ax.containers[0]]
+        np.testing.assert_allclose(heights, maps.importance[row, :len(labels)].numpy())
+        assert [t.get_text() for t in ax.get_xticklabels()] == labels
+    dots = [ax for ax in fig.axes if ax.lines]
+    for ax, row in zip(dots, [0, 2]):
+        eligible = maps.eligible[row].numpy()
+        np.testing.assert_allclose(ax.lines[0].get_ydata(), maps.probability[row].numpy()[eligible])
+    plt.close(fig)
+
+
+def test_token_words_name_the_learned_context_and_the_class_words(dpl_trainer):
+    learner = dpl_trainer.model.prompt_learner
+    words = token_words(learner.tokenized[0], learner.n_ctx_text)
+    name = dpl_trainer.dm.dataset.classnames[0].replace("_", " ")
+    assert words[:5] == ["<sos>", "[ctx1]", "[ctx2]", "[ctx3]", "[ctx4]"] and words[-1] == "<eos>"
+    assert " ".join(words[5:-2]) == name.lower() and words[-2] == "."
+
+
+# ----- the command line ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_clip_path):
+    """A 1-epoch DropoutPrompt run and a 1-epoch CoOp run on the synthetic DTD."""
+    tmp = tmp_path_factory.mktemp("explain_runs")
+    out = {}
+    for name, config in (("DropoutPrompt", DPL_CONFIG), ("CoOp", "CoOp/vit_b16_ep50.yaml")):
+        code, output_dir, _ = run_train(tmp, tiny_clip_path, name, config, train_opts(), out=name,
+                                        *(() if name == "CoOp" else (("TRAINER.DPL.TEACHER_TEMPLATES", "dataset"),)))
+        assert code == 0
+        out[name] = output_dir
+    out["data"] = tmp / "data"
+    return out
+
+
+def run_cli(*argv, capsys):
+    code = explain_cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_explain_a_dropout_prompt_run_writes_the_figures_of_the_maps_it_computes(runs, tmp_path, capsys):
+    code, out, err = run_cli("--model-dir", runs["DropoutPrompt"], "--out", tmp_path / "fig", "--num-images", 2,
+                             "--cpu", capsys=capsys)
+    assert code == 0, err
+    written = out.split()
+    assert [p.rsplit("/", 1)[1] for p in written] == ["vision_mean.png", "text_mean.png", "maps_mean.npz"]
+    assert all((tmp_path / "fig" / name).stat().st_size > 1000 for name in ("vision_mean.png", "text_mean.png"))
+    arrays = np.load(tmp_path / "fig" / "maps_mean.npz")
+    # the same images through the library give the same arrays
+    args = explain_cli.build_parser().parse_args(["--model-dir", str(runs["DropoutPrompt"]), "--cpu"])
+    trainer, cfg = explain_cli.build_model(args)
+    chosen = explain_cli.chosen_images(args, trainer.dm.dataset)[:2]
+    inputs, _ = explain_cli.load_images([p for p, _ in chosen], trainer.dm.tfm_test)
+    again = explain(trainer.model, inputs, trainer.dm.dataset.classnames)
+    mean = mean_over_layers(again.vision)
+    np.testing.assert_array_equal(arrays["vision/drop probability"], patch_grid(mean.probability, again.grid))
+    np.testing.assert_array_equal(arrays["vision/alignment guidance"], patch_grid(mean.terms["mag"], again.grid))
+    np.testing.assert_array_equal(arrays["text/probability"], mean_over_layers(again.text).probability.numpy())
+    assert len({label for _, label in chosen}) == 2  # one image per class first
+
+
+def test_a_layer_and_image_files_can_be_chosen(runs, tmp_path, capsys):
+    image = next((runs["data"] / "dtd").rglob("*.jpg"))
+    code, out, err = run_cli("--model-dir", runs["DropoutPrompt"], "--out", tmp_path, "--images", image,
+                             "--layer", 1, "--cpu", capsys=capsys)
+    assert code == 0, err
+    assert "vision_layer1.png" in out and "text_layer1.png" in out
+
+
+def test_a_run_without_token_dropout_falls_back_to_the_frozen_clip_and_says_so(runs, tmp_path, capsys):
+    code, out, err = run_cli("--model-dir", runs["CoOp"], "--out", tmp_path, "--num-images", 1, "--cpu", capsys=capsys)
+    assert code == 0, err
+    assert "note: frozen CLIP attention (CoOp has no token dropout)" in out
+    arrays = np.load(tmp_path / "maps_mean.npz")
+    assert "vision/alignment guidance" not in arrays and "vision/global-token attention" in arrays
+
+
+def test_without_a_run_the_frozen_pocket_clip_is_drawn(runs, tmp_path, capsys):
+    code, out, err = run_cli("--dataset-config-file", PROJECT_ROOT / "configs/datasets/dtd.yaml", "--root",
+                             runs["data"], "--num-images", 1, "--out", tmp_path, "--cpu", capsys=capsys)
+    assert code == 0, err
+    assert "frozen CLIP attention (ZeroshotCLIP has no token dropout)" in out
+    assert (tmp_path / "vision_mean.png").is_file()
+
+
+@pytest.mark.parametrize("case", ["no checkpoint", "missing image", "bad layer", "no run"])
+def test_errors_are_one_line(runs, tmp_path, capsys, case):
+    argv = {
+        "no checkpoint": ["--model-dir", tmp_path],
+        "missing image": ["--model-dir", runs["DropoutPrompt"], "--images", tmp_path / "nope.jpg"],
+        "bad layer": ["--model-dir", runs["DropoutPrompt"], "--layer", 7],
+        "no run": [],
+    }[case]
+    code, out, err = run_cli(*argv, "--out", tmp_path / "fig", "--cpu", capsys=capsys)
+    expected = {
+        "no checkpoint": "no checkpoint here",
+        "missing image": "Image file not found",
+        "bad layer": "--layer 7: tokens are dropped after layers [0, 1, 2] only",
+        "no run": "give --model-dir RUN",
+    }[case]
+    assert code == 1 and expected in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "fig").exists() or not any((tmp_path / "fig").iterdir())
+
+
+
+def test_a_palette_png_has_at_most_that_many_colours(tmp_path):
+    from PIL import Image
+
+    from dpl.results.plots import save_figure
+
+    fig, ax = plt.subplots()
+    ax.imshow(np.random.default_rng(0).random((16, 16)), cmap="magma")
+    path = save_figure(fig, tmp_path, "small.png", plt, dpi=50, palette=16)
+    with Image.open(path) as image:
+        assert image.mode == "P" and len(image.getcolors()) <= 16
