@@ -3,7 +3,8 @@
 #
 # DropoutPrompt base-to-novel on the pocket dataset (generated coloured shapes, 18 base / 18 new
 # classes) with the pocket CLIP committed in dpl/clip/assets/: train on the base classes (16 shots),
-# evaluate on the new classes, print the Base / New / HM table. A few minutes on 2 CPU cores.
+# evaluate on the new classes, print the Base / New / HM table, then write its chart and the token-importance
+# pictures of the trained model (python -m dpl.tools.explain) to $OUTPUT/figures. A few minutes on 2 CPU cores.
 # The numbers are a smoke test of the code path, not a reproduction of the paper.
 #
 # Environment (all optional):
@@ -50,10 +51,15 @@ OPTS=(MODEL.BACKBONE.NAME pocket OPTIM.MAX_EPOCH 6 DATALOADER.TRAIN_X.BATCH_SIZE
     OPTIM.WARMUP_EPOCH 0 INPUT.RRCROP_SCALE "(0.5, 1.0)" DATALOADER.NUM_WORKERS 0 TRAIN.PRINT_FREQ 6 "$@")
 
 echo "== DropoutPrompt base-to-novel on pocket (DATA=$DATA, OUTPUT=$OUTPUT, seed $SEED)"
-echo "== 1/3 train on the base classes"
+echo "== 1/4 train on the base classes"
 bash "$REPO/scripts/dpl/base2new_train.sh" pocket "$SEED" "${OPTS[@]}"
-echo "== 2/3 evaluate on the new classes"
+echo "== 2/4 evaluate on the new classes"
 bash "$REPO/scripts/dpl/base2new_test.sh" pocket "$SEED" "${OPTS[@]}"
-echo "== 3/3 results"
-"$PYTHON" "$REPO/parse_results.py" --protocol base2new "$OUTPUT/base2new" --datasets pocket --seeds "$SEED"
+echo "== 3/4 results"
+"$PYTHON" "$REPO/parse_results.py" --protocol base2new "$OUTPUT/base2new" --datasets pocket --seeds "$SEED" \
+    --plot "$OUTPUT/figures"
 echo "(pocket numbers are a smoke test of the code path, not a reproduction of the paper)"
+echo "== 4/4 what token dropout protects: importance and drop probability of test images and class prompts"
+# The training run's folder: base2new_train.sh names the config's folder <cfg>@<TAG> (the newest, if CFG varied).
+RUN=$(ls -td "$OUTPUT/base2new/train_base/pocket/shots_16/DropoutPrompt/"*"@$TAG/seed$SEED" | head -n 1)
+"$PYTHON" -m dpl.tools.explain --model-dir "$RUN" --out "$OUTPUT/figures/explain"

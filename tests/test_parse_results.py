@@ -528,8 +528,8 @@ def test_method_colours_are_fixed_across_figures_and_ablations_are_hatched(ablat
                                             "base2new", plt))[0]
     colours = bar_colours(base2new)
     assert list(colours) == ["CoOp", "DropoutPrompt", f"DropoutPrompt [{ABLATION}]"]  # canonical order
-    assert colours["CoOp"][0] == plots.TAB10[plots.TRAINER_ORDER.index("CoOp")]
-    assert colours["DropoutPrompt"][0] == plots.TAB10[plots.TRAINER_ORDER.index("DropoutPrompt")]
+    assert colours["CoOp"][0] == plots.TRAINER_COLOURS["CoOp"]
+    assert colours["DropoutPrompt"][0] == plots.TRAINER_COLOURS["DropoutPrompt"]
     # the ablation: its trainer's colour, told apart by a hatch
     assert colours[f"DropoutPrompt [{ABLATION}]"][0] == colours["DropoutPrompt"][0]
     assert colours[f"DropoutPrompt [{ABLATION}]"][1] and not colours["DropoutPrompt"][1]
@@ -548,10 +548,12 @@ def test_method_colours_are_fixed_across_figures_and_ablations_are_hatched(ablat
     alone = plots.method_style("MyTrainer")
     crowd = plots.method_styles(["ZeroshotCLIP", "MaPLe", "MyTrainer", "Other", "MyTrainer [x]"])
     assert crowd["MyTrainer"] == alone and crowd["MyTrainer [x]"].colour == alone.colour
-    assert alone.colour not in plots.TAB10[:len(plots.TRAINER_ORDER)]
+    assert alone.colour not in plots.TRAINER_COLOURS.values()
     assert list(crowd) == ["ZeroshotCLIP", "MaPLe", "MyTrainer", "MyTrainer [x]", "Other"]
     variants = plots.method_styles(["CoOp [b]", "CoOp [a]", "CoOp"])
     assert variants["CoOp [a]"].hatch != variants["CoOp [b]"].hatch and variants["CoOp"].hatch == ""
+    # a variant without its trainer's plain row beside it (a tagged sweep) is drawn plain, in that colour
+    assert plots.method_style("DropoutPrompt [pocket]") == plots.Style(plots.TRAINER_COLOURS["DropoutPrompt"])
 
 
 def test_fewshot_figure_lines_are_shots_means_and_spreads(tmp_path, plt):

@@ -11,12 +11,12 @@ fewshot             a subplot per dataset column (+ Average): accuracy against s
                     per method
 ==================  ================================================================================
 
-A method has the same colour in every figure (``method_styles``): its trainer's place in ``TRAINER_ORDER``
-(tab10), an ablation or other variant row (``CoOp [shots_4]``) its trainer's colour plus a hatch (bars) or a
-dashed line and another marker (lines). The legend has its own row below the subplots.
+A method has the same colour in every figure (``method_styles``): its trainer's (``TRAINER_COLOURS``); an
+ablation or other variant row (``CoOp [shots_4]``) drawn beside its trainer's plain row has that colour plus a
+hatch (bars) or a dashed line and another marker (lines). The legend has its own row below the subplots.
 """
-import math
 import io
+import math
 import os
 import re
 import zlib
@@ -26,12 +26,13 @@ from .errors import ResultsError
 
 PLOT_PROTOCOLS = ("base2new", "longtail", "fewshot", "xd", "dg")
 
-# The project's trainers in their canonical order, coloured by matplotlib's tab10 in this order.
+# The project's trainers in their canonical order, each with its own tab10 colour (the method of this code
+# base in red, zero-shot CLIP, the reference, in grey).
 TRAINER_ORDER = ("ZeroshotCLIP", "CoOp", "CoCoOp", "KgCoOp", "MaPLe", "IVLP", "PromptSRC", "DropoutPrompt")
-TAB10 = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-         "#17becf")
+TRAINER_COLOURS = dict(zip(TRAINER_ORDER, ("#7f7f7f", "#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b",
+                                           "#e377c2", "#d62728")))
 # Other trainers: a stable hash of the name into what tab10 has left, then darker tab20b shades.
-EXTRA_COLOURS = TAB10[len(TRAINER_ORDER):] + ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
+EXTRA_COLOURS = ("#bcbd22", "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
 VARIANT_HATCHES = ("//", "..", "xx", "\\\\", "oo", "++", "--", "**")
 VARIANT_LINES = (("--", "s"), (":", "^"), ("-.", "D"), ((0, (5, 1, 1, 1)), "v"))
 MAX_COLUMNS = 4
@@ -74,8 +75,8 @@ def split_label(label):
 
 def trainer_colour(trainer):
     """The trainer's colour, the same in every figure whatever else is drawn."""
-    if trainer in TRAINER_ORDER:
-        return TAB10[TRAINER_ORDER.index(trainer)]
+    if trainer in TRAINER_COLOURS:
+        return TRAINER_COLOURS[trainer]
     return EXTRA_COLOURS[zlib.crc32(trainer.encode()) % len(EXTRA_COLOURS)]
 
 
@@ -90,18 +91,20 @@ def method_order(labels):
 
 
 def method_styles(labels):
-    """{label: Style} for the methods of one figure, in ``method_order``: the trainer's colour; the k-th
-    variant (sorted) of a trainer gets the k-th hatch and line style."""
+    """{label: Style} for the methods of one figure, in ``method_order``: the trainer's colour; the first row
+    of a trainer (its plain row, else its first variant) is drawn plain, the k-th further row gets the k-th
+    hatch and line style."""
     styles, seen = {}, {}
     for label in method_order(labels):
-        trainer, variant = split_label(label)
-        if not variant:
-            styles[label] = Style(trainer_colour(trainer))
-            continue
+        trainer, _ = split_label(label)
         k = seen.get(trainer, 0)
         seen[trainer] = k + 1
-        linestyle, marker = VARIANT_LINES[k % len(VARIANT_LINES)]
-        styles[label] = Style(trainer_colour(trainer), VARIANT_HATCHES[k % len(VARIANT_HATCHES)], linestyle, marker)
+        if k == 0:
+            styles[label] = Style(trainer_colour(trainer))
+            continue
+        linestyle, marker = VARIANT_LINES[(k - 1) % len(VARIANT_LINES)]
+        styles[label] = Style(trainer_colour(trainer), VARIANT_HATCHES[(k - 1) % len(VARIANT_HATCHES)], linestyle,
+                              marker)
     return styles
 
 
