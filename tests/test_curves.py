@@ -220,7 +220,7 @@ def test_overlay_has_one_labelled_line_per_seed_in_every_panel(tmp_path, plt):
 
 # ----- the command line ----------------------------------------------------------------------------
 
-def test_cli_writes_run_figures_and_the_seed_overlay(tmp_path, capsys):
+def test_cli_writes_run_figures_and_the_seed_overlay(tmp_path, capsys, monkeypatch):
     cfg = tmp_path / "DropoutPrompt" / "cfg"
     for seed in (1, 2):
         write(cfg / f"seed{seed}" / "log.txt", new_log())
@@ -233,10 +233,36 @@ def test_cli_writes_run_figures_and_the_seed_overlay(tmp_path, capsys):
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in expected)
     assert err == f"note: {cfg / 'seed3'}: eval-only run: no curves\n"
     assert sorted(p.name for p in (cfg / "seed1").iterdir()) == ["log.txt"]  # nothing written into a run
-    assert tool.main([str(cfg / "seed1"), "--out", str(tmp_path / "figs")]) == 0  # a run folder itself
+    monkeypatch.chdir(cfg / "seed1")
+    assert tool.main([".", "--out", str(tmp_path / "figs")]) == 0  # a run folder itself, given as "."
     assert capsys.readouterr().out.splitlines() == [str(tmp_path / "figs" / "seed1.png")]
+    monkeypatch.chdir(tmp_path)
     assert tool.main([str(cfg)]) == 0  # again: the curves/ folder is output, not runs
     assert capsys.readouterr().out.splitlines() == [str(p) for p in expected]
+
+
+def test_cli_mirrors_a_protocol_tree_under_out(tmp_path, capsys, monkeypatch):
+    """Below a protocol root: one file per run and one overlay per config folder, in the same folders."""
+    drawn = []  # (kind, folder, name, title): what would be written (rendering is tested above)
+    monkeypatch.setattr(tool, "write_run_figure", lambda c, folder, name, plt, title: drawn.append(
+        ("run", folder, name, title)) or f"{folder}/{name}")
+    monkeypatch.setattr(tool, "write_overlay_figure", lambda labelled, folder, name, plt, title: drawn.append(
+        ("overlay", folder, name, title, [label for label, _ in labelled])) or f"{folder}/{name}")
+    root = tmp_path / "base2new"
+    for part, seeds in (("train_base", (1, 2)), ("test_new", (1,))):
+        for seed in seeds:
+            write(root / part / "dtd" / "shots_16" / "DropoutPrompt" / "cfg" / f"seed{seed}" / "log.txt", new_log())
+    assert tool.main([str(root)]) == 0
+    cfg = "train_base/dtd/shots_16/DropoutPrompt/cfg"
+    new_cfg = cfg.replace("train_base", "test_new")
+    out = root / "curves"
+    assert drawn == [
+        ("run", f"{out}/{new_cfg}", "seed1.png", f"base2new/{new_cfg}/seed1"),
+        ("run", f"{out}/{cfg}", "seed1.png", f"base2new/{cfg}/seed1"),
+        ("run", f"{out}/{cfg}", "seed2.png", f"base2new/{cfg}/seed2"),
+        ("overlay", f"{out}/{cfg}", "seeds_overlay.png", f"base2new/{cfg}", ["seed1", "seed2"]),
+    ]
+    assert capsys.readouterr().out.splitlines() == [f"{d[1]}/{d[2]}" for d in drawn]
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "file"])

@@ -53,16 +53,17 @@ def read_plottable(runs, keyword):
 
 def write_all(plottable, root, out, plt):
     """Write the per-run figures, then the seed overlays; yield each path as it is written."""
+    above = os.path.dirname(os.path.abspath(root))  # titles: the folder names from PATH's own name down
     for run, curves in plottable.items():
         folder, stem = placement(run, root, out)
-        yield write_run_figure(curves, folder, f"{stem}.png", plt, title=os.path.relpath(run, os.path.dirname(root)))
+        yield write_run_figure(curves, folder, f"{stem}.png", plt, title=os.path.relpath(run, above))
     for parent, members in seed_groups(list(plottable)).items():
         if len(members) < 2:
             continue
-        folder = os.path.join(out, os.path.relpath(parent, root))
+        rel = os.path.relpath(parent, root)
+        folder = out if rel == os.curdir else os.path.join(out, rel)
         labelled = [(os.path.basename(run), plottable[run]) for run in members]
-        title = os.path.relpath(parent, os.path.dirname(root))
-        yield write_overlay_figure(labelled, os.path.normpath(folder), OVERLAY_NAME, plt, title)
+        yield write_overlay_figure(labelled, folder, OVERLAY_NAME, plt, os.path.relpath(parent, above))
 
 
 def run(args):
