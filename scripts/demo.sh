@@ -3,8 +3,9 @@
 #
 # DropoutPrompt base-to-novel on the pocket dataset (generated coloured shapes, 18 base / 18 new
 # classes) with the pocket CLIP committed in dpl/clip/assets/: train on the base classes (16 shots),
-# evaluate on the new classes, print the Base / New / HM table, then write its chart and the token-importance
-# pictures of the trained model (python -m dpl.tools.explain) to $OUTPUT/figures. A few minutes on 2 CPU cores.
+# evaluate on the new classes, print the Base / New / HM table, then write its chart, the token-importance
+# pictures of the trained model (python -m dpl.tools.explain) and its training curves (python -m
+# dpl.tools.curves) to $OUTPUT/figures. A few minutes on 2 CPU cores.
 # The numbers are a smoke test of the code path, not a reproduction of the paper.
 #
 # Environment (all optional):
@@ -59,7 +60,8 @@ echo "== 3/4 results"
 "$PYTHON" "$REPO/parse_results.py" --protocol base2new "$OUTPUT/base2new" --datasets pocket --seeds "$SEED" \
     --plot "$OUTPUT/figures"
 echo "(pocket numbers are a smoke test of the code path, not a reproduction of the paper)"
-echo "== 4/4 what token dropout protects: importance and drop probability of test images and class prompts"
+echo "== 4/4 figures: what token dropout protects (test images, class prompts) and the training curves"
 # The training run's folder: base2new_train.sh names the config's folder <cfg>@<TAG> (the newest, if CFG varied).
 RUN=$(ls -td "$OUTPUT/base2new/train_base/pocket/shots_16/DropoutPrompt/"*"@$TAG/seed$SEED" | head -n 1)
 "$PYTHON" -m dpl.tools.explain --model-dir "$RUN" --out "$OUTPUT/figures/explain"
+"$PYTHON" -m dpl.tools.curves "$RUN" --out "$OUTPUT/figures/curves"

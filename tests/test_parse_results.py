@@ -635,3 +635,16 @@ def test_one_png_per_protocol_written_and_printed(ablation_tree, tmp_path, proto
     assert [p.name for p in out_dir.iterdir()] == [f"{protocol}.png"]
     assert f"plot: {out_dir / (protocol + '.png')}" in err.splitlines()
     assert (out_dir / f"{protocol}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_figure_tools_output_folders_are_not_listed_as_strays(base2new_tree):
+    """python -m dpl.tools.curves / explain write curves/ and explain/ inside output trees by default."""
+    root = base2new_tree
+    config = root / "train_base/dtd/shots_16/CoOp/vit_b16_ep50_ctxv1"
+    (config / "curves").mkdir()
+    (config / "curves" / "seed1.png").write_bytes(b"png")
+    (config / "seed1" / "explain").mkdir()
+    code, out, err = run_cli("--protocol", "base2new", root)
+    assert code == 0 and "curves" not in out + err and "explain" not in out + err
+    code, out, err = run_cli(config)
+    assert code == 0 and "curves" not in out + err and "* accuracy: 81.00%" in out

@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 from .discovery import SEED_DIR
+from .layout import FIGURE_DIRS
 from .logs import EVAL_ONLY_LINE, LOG_FILE, TIMESTAMPED_LOG, log_candidates, metric_regex
 from .runs import JSON_KEY_ALIASES
 from .schema import RESULTS_NAME, final_test_record, read_results
 
-CURVES_DIR = "curves"  # the tool's output folder inside a run or config folder: never a run
 NOT_CURVES = ("time", "data", "eta")  # timings of a progress line, not training quantities
 PROGRESS = re.compile(r"^epoch \[(\d+)/(\d+)\]\s*(?:batch )?\[(\d+)/(\d+)\]")
 NUMBER = r"-?(?:\d[\d.]*(?:e[+-]?\d+)?|nan|inf)"
@@ -184,7 +184,7 @@ def find_runs(path, skip=()):
             runs.append(dirpath)
             dirnames[:] = []
             continue
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != CURVES_DIR
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in FIGURE_DIRS
                              and os.path.realpath(os.path.join(dirpath, d)) not in skip)
     return runs
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Tuple
 
 from .errors import ResultsError
-from .layout import EVALUATION_DIR, split_config_folder, split_shots_tag
+from .layout import EVALUATION_DIR, FIGURE_DIRS, split_config_folder, split_shots_tag
 from .runs import RunResult, parse_run
 
 SEED_DIR = re.compile(r"seed(\d+)")
@@ -24,8 +24,9 @@ BASE2NEW_PARTS = {"train_base": "base", "test_base": "base_eval", "test_new": "n
 
 
 def listdir_nohidden(path):
-    """The entries of ``path`` without dot files (editor and OS droppings are not runs), sorted."""
-    return sorted(name for name in os.listdir(path) if not name.startswith("."))
+    """The entries of ``path`` without dot files (editor and OS droppings are not runs) and the figure tools'
+    output folders (``FIGURE_DIRS``), sorted."""
+    return sorted(name for name in os.listdir(path) if not name.startswith(".") and name not in FIGURE_DIRS)
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,11 @@ VARIANT_SEPARATOR = "@"
 MAX_VARIANT_LENGTH = 96
 SHOTS_KEY = "DATASET.NUM_SHOTS"
 EVALUATION_DIR = "evaluation"
+# The folders the figure tools write inside an output tree by default (python -m dpl.tools.curves / explain):
+# never runs, so result readers pass over them without a word.
+CURVES_DIR = "curves"
+EXPLAIN_DIR = "explain"
+FIGURE_DIRS = frozenset({CURVES_DIR, EXPLAIN_DIR})
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")
 _SHOTS_TAG = re.compile(r"(.+)_(\d+|all)shots")
 

@@ -14,8 +14,9 @@ import os
 import sys
 
 from dpl.results.curve_figures import write_overlay_figure, write_run_figure
-from dpl.results.curves import CURVES_DIR, find_runs, read_training_curves, seed_groups
+from dpl.results.curves import find_runs, read_training_curves, seed_groups
 from dpl.results.errors import ResultsError
+from dpl.results.layout import CURVES_DIR
 from dpl.results.plots import import_pyplot
 
 OVERLAY_NAME = "seeds_overlay.png"

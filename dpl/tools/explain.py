@@ -33,6 +33,7 @@ from dpl.explain.model_maps import explain
 from dpl.plugins import load_plugins, plugin_paths
 from dpl.results import plots
 from dpl.results.errors import ResultsError
+from dpl.results.layout import EXPLAIN_DIR
 from dpl.results.runs import latest_checkpoints, read_checkpoint
 from dpl.utils import UnknownNameError
 
@@ -212,7 +213,7 @@ def main(argv=None):
         chosen = chosen_images(args, dataset)
         inputs, pictures = load_images([path for path, _ in chosen], trainer.dm.tfm_test)
         explanation = explain(trainer.model, inputs, dataset.classnames, cfg.DATASET.NAME, cfg.TRAINER.NAME)
-        out_dir = args.out or (os.path.join(args.model_dir, "explain") if args.model_dir else "explain")
+        out_dir = args.out or (os.path.join(args.model_dir, EXPLAIN_DIR) if args.model_dir else EXPLAIN_DIR)
         os.makedirs(out_dir, exist_ok=True)
         if explanation.fallback:
             print(f"note: {explanation.source}")
