@@ -88,10 +88,10 @@ def text_figure(token_labels, maps, class_rows, classnames, heading, plt):
                   label="drop probability")
         twin.set_ylim(0, 1)
         twin.set_ylabel("drop prob.", fontsize=7)
-    handles = [axes[0, 0].containers[0], fig.axes[-1].lines[0]]
-    fig.legend(handles, ["importance", "drop probability (tokens that can be dropped)"], loc="upper right",
-               fontsize=7, ncol=2)
-    fig.suptitle(heading, fontsize=8, x=0.02, ha="left")
+    handles = [axes[0, 0].containers[0], fig.axes[-1].lines[0]]  # above the first chart, right of its title
+    axes[0, 0].legend(handles, ["importance", "drop probability (tokens that can be dropped)"], loc="lower right",
+                      bbox_to_anchor=(1.0, 1.0), fontsize=7, ncol=2, frameon=False)
+    fig.suptitle(heading, fontsize=8)
     fig.tight_layout()
     return fig
 
