@@ -10,7 +10,7 @@ from dpl.explain.figures import image_figure, patch_grid, select_layer, text_fig
 from dpl.explain.model_maps import token_words
 from dpl.project import PROJECT_ROOT
 from dpl.tools import explain as explain_cli
-from helpers import build_trainer_in_process, run_train, train_opts
+from helpers import build_trainer_in_process, run_script, run_train, script_env, train_opts
 
 matplotlib = pytest.importorskip("matplotlib")
 matplotlib.use("Agg")
@@ -174,6 +174,7 @@ def run_cli(*argv, capsys):
     return code, out, err
 
 
+@pytest.mark.slow
 def test_explain_a_dropout_prompt_run_writes_the_figures_of_the_maps_it_computes(runs, tmp_path, capsys):
     code, out, err = run_cli("--model-dir", runs["DropoutPrompt"], "--out", tmp_path / "fig", "--num-images", 2,
                              "--cpu", capsys=capsys)
@@ -195,6 +196,7 @@ def test_explain_a_dropout_prompt_run_writes_the_figures_of_the_maps_it_computes
     assert len({label for _, label in chosen}) == 2  # one image per class first
 
 
+@pytest.mark.slow
 def test_a_layer_and_image_files_can_be_chosen(runs, tmp_path, capsys):
     image = next((runs["data"] / "dtd").rglob("*.jpg"))
     code, out, err = run_cli("--model-dir", runs["DropoutPrompt"], "--out", tmp_path, "--images", image,
@@ -203,6 +205,7 @@ def test_a_layer_and_image_files_can_be_chosen(runs, tmp_path, capsys):
     assert "vision_layer1.png" in out and "text_layer1.png" in out
 
 
+@pytest.mark.slow
 def test_a_run_without_token_dropout_falls_back_to_the_frozen_clip_and_says_so(runs, tmp_path, capsys):
     code, out, err = run_cli("--model-dir", runs["CoOp"], "--out", tmp_path, "--num-images", 1, "--cpu", capsys=capsys)
     assert code == 0, err
@@ -211,6 +214,7 @@ def test_a_run_without_token_dropout_falls_back_to_the_frozen_clip_and_says_so(r
     assert "vision/alignment guidance" not in arrays and "vision/global-token attention" in arrays
 
 
+@pytest.mark.slow
 def test_without_a_run_the_frozen_pocket_clip_is_drawn(runs, tmp_path, capsys):
     code, out, err = run_cli("--dataset-config-file", PROJECT_ROOT / "configs/datasets/dtd.yaml", "--root",
                              runs["data"], "--num-images", 1, "--out", tmp_path, "--cpu", capsys=capsys)
@@ -219,6 +223,19 @@ def test_without_a_run_the_frozen_pocket_clip_is_drawn(runs, tmp_path, capsys):
     assert (tmp_path / "vision_mean.png").is_file()
 
 
+@pytest.mark.slow
+def test_a_run_can_be_drawn_on_another_dataset(runs, tmp_path, capsys):
+    from datagen import make_dataset
+
+    make_dataset(runs["data"], "eurosat", n_classes=3)
+    code, out, err = run_cli("--model-dir", runs["DropoutPrompt"], "--dataset-config-file",
+                             PROJECT_ROOT / "configs/datasets/eurosat.yaml", "--classes", "all", "--num-images", 1,
+                             "--out", tmp_path, "--cpu", capsys=capsys)
+    assert code == 0, err
+    assert np.load(tmp_path / "maps_mean.npz")["text/probability"].shape[0] == 3  # EuroSAT's class prompts
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["no checkpoint", "missing image", "bad layer", "no run"])
 def test_errors_are_one_line(runs, tmp_path, capsys, case):
     argv = {
@@ -249,3 +266,17 @@ def test_a_palette_png_has_at_most_that_many_colours(tmp_path):
     path = save_figure(fig, tmp_path, "small.png", plt, dpi=50, palette=16)
     with Image.open(path) as image:
         assert image.mode == "P" and len(image.getcolors()) <= 16
+
+
+@pytest.mark.slow
+def test_the_demo_ends_with_its_chart_explain_figures_and_curves(tmp_path):
+    env = script_env(tmp_path / "data", tmp_path / "out", TAG="smoke")
+    result = run_script("demo.sh", "OPTIM.MAX_EPOCH", "1", env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    figures = tmp_path / "out" / "figures"
+    expected = [figures / "explain" / "vision_mean.png", figures / "explain" / "text_mean.png",
+                figures / "explain" / "maps_mean.npz", figures / "curves" / "seed1.png"]
+    assert [line for line in result.stdout.splitlines() if line.startswith(str(figures))] == [str(p) for p in expected]
+    assert f"plot: {figures / 'base2new.png'}" in result.stderr and (figures / "base2new.png").is_file()
+    probability = np.load(expected[2])["vision/drop probability"]  # 4 test images of the 7 x 7-patch pocket CLIP
+    assert probability.shape == (4, 7, 7) and probability.min() >= 0.1 - 1e-6 and probability.max() <= 0.5 + 1e-6

@@ -2,6 +2,7 @@
 
     python -m dpl.tools.explain --model-dir RUN                     # 4 test images of the run's dataset
     python -m dpl.tools.explain --model-dir RUN --images a.jpg b.jpg --layer 3
+    python -m dpl.tools.explain --model-dir RUN --dataset-config-file configs/datasets/dtd.yaml  # another dataset
     python -m dpl.tools.explain --dataset-config-file configs/datasets/dtd.yaml --root DATA --backbone ViT-B/16
 
 For a DropoutPrompt run it draws, per image, the per-patch maps of the three importance terms (global-token
@@ -23,6 +24,7 @@ import sys
 import numpy as np
 import torch
 import torchvision.transforms as T
+import yaml
 
 from dpl.config import get_cfg_default
 from dpl.config.node import CfgNode
@@ -52,7 +54,8 @@ def build_parser():
     p.add_argument("--out", default="", help="output folder (default RUN/explain, or ./explain)")
     p.add_argument("--root", default="", help="dataset root (default: the run's)")
     p.add_argument("--classes", choices=("base", "new", "all"), help="class subset (default: the run's)")
-    p.add_argument("--dataset-config-file", default="", help="without a run: the dataset of the frozen CLIP")
+    p.add_argument("--dataset-config-file", default="",
+                   help="the dataset (default: the run's; without a run: required, drawn by the frozen CLIP)")
     p.add_argument("--backbone", default="pocket", help="without a run: the CLIP (default pocket)")
     p.add_argument("--dpi", type=int, default=120, help="resolution of the PNG files (default 120)")
     p.add_argument("--palette", type=int, default=0, metavar="N",
@@ -87,12 +90,19 @@ def frozen_config(args):
     """The frozen CLIP of ``--backbone`` on the dataset of ``--dataset-config-file``."""
     if not args.dataset_config_file:
         raise UserError("give --model-dir RUN, or --dataset-config-file (and --root) for the frozen CLIP")
-    if not os.path.isfile(args.dataset_config_file):
-        raise UserError(f"--dataset-config-file {args.dataset_config_file}: no such file")
     cfg = base_cfg()
-    cfg.merge_from_file(args.dataset_config_file)
+    merge_dataset_config(cfg, args.dataset_config_file)
     cfg.TRAINER.NAME, cfg.MODEL.BACKBONE.NAME = FROZEN_TRAINER, args.backbone
     return cfg
+
+
+def merge_dataset_config(cfg, path):
+    if not os.path.isfile(path):
+        raise UserError(f"--dataset-config-file {path}: no such file")
+    try:
+        cfg.merge_from_file(path)
+    except (KeyError, ValueError, yaml.YAMLError) as exc:
+        raise UserError(f"--dataset-config-file {path}: {exc}") from None
 
 
 def base_cfg():
@@ -105,6 +115,8 @@ def build_model(args):
     """``(trainer, cfg)`` with the run's model loaded (or the frozen CLIP), in eval mode; build logs are muted."""
     load_plugins(plugin_paths(args.plugin))
     cfg = run_config(args.model_dir) if args.model_dir else frozen_config(args)
+    if args.model_dir and args.dataset_config_file:  # a trained model on another dataset (cross-dataset)
+        merge_dataset_config(cfg, args.dataset_config_file)
     if args.root:
         cfg.DATASET.ROOT = args.root
     if args.classes:
