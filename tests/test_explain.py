@@ -1,10 +1,14 @@
 """Token-importance pictures: the recorded maps are the training step's numbers, the figures draw exactly them,
 and ``python -m dpl.tools.explain`` works on a trained run, on another method's run and without a run."""
+import dataclasses
+import types
+
 import numpy as np
 import pytest
 import torch
 
 from dpl.drople import token_dropout as td
+from dpl.engine.errors import UserError
 from dpl.explain import ImportanceRecorder, explain, mean_over_layers
 from dpl.explain.figures import image_figure, patch_grid, select_layer, text_figure, vision_panels
 from dpl.explain.model_maps import token_words
@@ -145,6 +149,32 @@ def test_the_text_figure_draws_importance_bars_and_eligible_probabilities(dpl_tr
     plt.close(fig)
 
 
+def test_a_modality_without_dropping_layers_is_left_out_and_a_layer_of_one_modality_draws_that_one(
+        explanation, tmp_path):
+    pictures = np.zeros((3, 32, 32, 3))
+    chosen = [("a.png", 0), ("b.png", 1), ("c.png", 2)]
+    classnames = ["a", "b", "c", "d"]
+    text_only = dataclasses.replace(explanation, vision={})  # DROP_LAYERS_VISION ['none']
+    written = explain_cli.write_figures(text_only, pictures, chosen, classnames, "mean", 2, tmp_path / "t", plt)
+    assert [p.rsplit("/", 1)[1] for p in written] == ["text_mean.png", "maps_mean.npz"]
+    assert not any(k.startswith("vision/") for k in np.load(written[-1]))
+    vision_at_0 = dataclasses.replace(explanation, vision={0: explanation.vision[0]})
+    written = explain_cli.write_figures(vision_at_0, pictures, chosen, classnames, 1, 2, tmp_path / "l", plt)
+    assert [p.rsplit("/", 1)[1] for p in written] == ["text_layer1.png", "maps_layer1.npz"]
+
+
+def test_a_term_the_importance_source_leaves_out_is_marked_not_used(explanation):
+    maps = dataclasses.replace(select_layer(explanation.vision, 0), used=("self", "cls"))
+    titles = [title for title, _ in vision_panels(maps, explanation.grid)]
+    assert titles[:3] == ["global-token attention", "max self-attention", "alignment guidance (not used)"]
+
+
+def test_a_resnet_clip_is_refused_in_one_line():
+    model = types.SimpleNamespace(arch=types.SimpleNamespace(is_vit=False))
+    with pytest.raises(UserError, match="ResNet image encoder"):
+        explain(model, torch.zeros(1, 3, 32, 32), ["a"])
+
+
 def test_token_words_name_the_learned_context_and_the_class_words(dpl_trainer):
     learner = dpl_trainer.model.prompt_learner
     words = token_words(learner.tokenized[0], learner.n_ctx_text)
@@ -179,8 +209,9 @@ def test_explain_a_dropout_prompt_run_writes_the_figures_of_the_maps_it_computes
     code, out, err = run_cli("--model-dir", runs["DropoutPrompt"], "--out", tmp_path / "fig", "--num-images", 2,
                              "--cpu", capsys=capsys)
     assert code == 0, err
-    written = out.split()
+    written = [line for line in out.splitlines() if not line.startswith("note: ")]
     assert [p.rsplit("/", 1)[1] for p in written] == ["vision_mean.png", "text_mean.png", "maps_mean.npz"]
+    assert "note: computed in fp32 on cpu; the run's PREC is fp16" in out  # the config's PREC, a CPU run
     assert all((tmp_path / "fig" / name).stat().st_size > 1000 for name in ("vision_mean.png", "text_mean.png"))
     arrays = np.load(tmp_path / "fig" / "maps_mean.npz")
     # the same images through the library give the same arrays
@@ -190,9 +221,15 @@ def test_explain_a_dropout_prompt_run_writes_the_figures_of_the_maps_it_computes
     inputs, _ = explain_cli.load_images([p for p, _ in chosen], trainer.dm.tfm_test)
     again = explain(trainer.model, inputs, trainer.dm.dataset.classnames)
     mean = mean_over_layers(again.vision)
-    np.testing.assert_array_equal(arrays["vision/drop probability"], patch_grid(mean.probability, again.grid))
-    np.testing.assert_array_equal(arrays["vision/alignment guidance"], patch_grid(mean.terms["mag"], again.grid))
-    np.testing.assert_array_equal(arrays["text/probability"], mean_over_layers(again.text).probability.numpy())
+    np.testing.assert_array_equal(arrays["vision/probability"], patch_grid(mean.probability, again.grid))
+    np.testing.assert_array_equal(arrays["vision/mag"], patch_grid(mean.terms["mag"], again.grid))
+    text = mean_over_layers(again.text)
+    np.testing.assert_array_equal(arrays["text/probability"], text.probability.numpy())
+    np.testing.assert_array_equal(arrays["text/eligible"], text.eligible.numpy())
+    assert list(arrays["text/tokens"][0][:2]) == ["<sos>", "[ctx1]"]
+    # the predictions of the hooked pass are the model's own
+    with torch.no_grad():
+        torch.testing.assert_close(again.predicted, trainer.model(inputs).argmax(dim=-1))
     assert len({label for _, label in chosen}) == 2  # one image per class first
 
 
@@ -211,7 +248,7 @@ def test_a_run_without_token_dropout_falls_back_to_the_frozen_clip_and_says_so(r
     assert code == 0, err
     assert "note: frozen CLIP attention (CoOp has no token dropout)" in out
     arrays = np.load(tmp_path / "maps_mean.npz")
-    assert "vision/alignment guidance" not in arrays and "vision/global-token attention" in arrays
+    assert "vision/mag" not in arrays and "vision/cls" in arrays and "vision/importance" in arrays
 
 
 @pytest.mark.slow
@@ -235,24 +272,36 @@ def test_a_run_can_be_drawn_on_another_dataset(runs, tmp_path, capsys):
     assert np.load(tmp_path / "maps_mean.npz")["text/probability"].shape[0] == 3  # EuroSAT's class prompts
 
 
+ERRORS = {
+    "no checkpoint": (lambda runs, tmp: ["--model-dir", tmp], "no checkpoint here"),
+    "missing image": (lambda runs, tmp: ["--model-dir", runs["DropoutPrompt"], "--images", tmp / "nope.jpg"],
+                      "Image file not found"),
+    "bad layer": (lambda runs, tmp: ["--model-dir", runs["DropoutPrompt"], "--layer", 7],
+                  "--layer 7: tokens are dropped after vision layers [0, 1, 2] and text layers [0, 1, 2] only"),
+    "no run": (lambda runs, tmp: [], "give --model-dir RUN"),
+    "too many images": (lambda runs, tmp: ["--model-dir", runs["DropoutPrompt"], "--num-images", 13],
+                        "--num-images 13: a figure holds 1 to 12 images"),
+    "no class": (lambda runs, tmp: ["--model-dir", runs["DropoutPrompt"], "--num-classes", 0],
+                 "--num-classes 0: chart at least one class prompt"),
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["no checkpoint", "missing image", "bad layer", "no run"])
+@pytest.mark.parametrize("case", sorted(ERRORS))
 def test_errors_are_one_line(runs, tmp_path, capsys, case):
-    argv = {
-        "no checkpoint": ["--model-dir", tmp_path],
-        "missing image": ["--model-dir", runs["DropoutPrompt"], "--images", tmp_path / "nope.jpg"],
-        "bad layer": ["--model-dir", runs["DropoutPrompt"], "--layer", 7],
-        "no run": [],
-    }[case]
-    code, out, err = run_cli(*argv, "--out", tmp_path / "fig", "--cpu", capsys=capsys)
-    expected = {
-        "no checkpoint": "no checkpoint here",
-        "missing image": "Image file not found",
-        "bad layer": "--layer 7: tokens are dropped after layers [0, 1, 2] only",
-        "no run": "give --model-dir RUN",
-    }[case]
+    argv, expected = ERRORS[case]
+    code, out, err = run_cli(*argv(runs, tmp_path), "--out", tmp_path / "fig", "--cpu", capsys=capsys)
     assert code == 1 and expected in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "fig").exists() or not any((tmp_path / "fig").iterdir())
+
+
+@pytest.mark.slow
+def test_an_output_path_that_is_a_file_is_one_line_and_left_alone(runs, tmp_path, capsys):
+    taken = tmp_path / "taken"
+    taken.write_text("mine")
+    code, out, err = run_cli("--model-dir", runs["DropoutPrompt"], "--out", taken, "--cpu", capsys=capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and str(taken) in err
+    assert taken.read_text() == "mine"
 
 
 
@@ -278,5 +327,5 @@ def test_the_demo_ends_with_its_chart_explain_figures_and_curves(tmp_path):
                 figures / "explain" / "maps_mean.npz", figures / "curves" / "seed1.png"]
     assert [line for line in result.stdout.splitlines() if line.startswith(str(figures))] == [str(p) for p in expected]
     assert f"plot: {figures / 'base2new.png'}" in result.stderr and (figures / "base2new.png").is_file()
-    probability = np.load(expected[2])["vision/drop probability"]  # 4 test images of the 7 x 7-patch pocket CLIP
+    probability = np.load(expected[2])["vision/probability"]  # 4 test images of the 7 x 7-patch pocket CLIP
     assert probability.shape == (4, 7, 7) and probability.min() >= 0.1 - 1e-6 and probability.max() <= 0.5 + 1e-6

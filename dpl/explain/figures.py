@@ -12,8 +12,7 @@ from dpl.engine.errors import UserError
 
 from .maps import TERM_TITLES, mean_over_layers
 
-IMPORTANCE_TITLE = "importance (combined)"
-PROBABILITY_TITLE = "drop probability"
+PANEL_TITLES = {**TERM_TITLES, "importance": "importance (combined)", "probability": "drop probability"}
 
 
 def select_layer(maps_by_layer, layer):
@@ -22,8 +21,20 @@ def select_layer(maps_by_layer, layer):
         return mean_over_layers(maps_by_layer)
     if layer not in maps_by_layer:
         raise UserError(f"--layer {layer}: tokens are dropped after layers {sorted(maps_by_layer)} only; "
-                         "choose one of them or 'mean'")
+                        "choose one of them or 'mean'")
     return maps_by_layer[layer]
+
+
+def select_modalities(explanation, layer):
+    """``{"vision": TokenMaps, "text": TokenMaps}`` at ``layer`` for the modalities that drop tokens there (a
+    run may drop in one modality only, or after other layers in each); a ``UserError`` when none does."""
+    chosen = {modality: select_layer(maps, layer)
+              for modality, maps in (("vision", explanation.vision), ("text", explanation.text))
+              if maps and (layer == "mean" or layer in maps)}
+    if not chosen:
+        raise UserError(f"--layer {layer}: tokens are dropped after vision layers {sorted(explanation.vision)} and "
+                        f"text layers {sorted(explanation.text)} only; choose one of them or 'mean'")
+    return chosen
 
 
 def layer_title(layer):
@@ -35,13 +46,24 @@ def patch_grid(values, grid):
     return values[:, 1:1 + grid * grid].reshape(-1, grid, grid).numpy()
 
 
+def map_arrays(maps):
+    """``{name: [N, L] tensor}``: each recorded term ("cls", "self", "mag"), "importance" (if any), "probability"."""
+    arrays = {name: maps.terms[name] for name in TERM_TITLES if name in maps.terms}
+    if maps.importance is not None:
+        arrays["importance"] = maps.importance
+    arrays["probability"] = maps.probability
+    return arrays
+
+
+def panel_title(name, maps):
+    """A panel's title; a term the run's importance source leaves out says so (it is drawn, not used)."""
+    unused = name in TERM_TITLES and maps.importance is not None and name not in maps.used
+    return PANEL_TITLES[name] + (" (not used)" if unused else "")
+
+
 def vision_panels(maps, grid):
     """``[(title, [N, grid, grid])]``: each importance term, the combined importance (if any) and the probability."""
-    panels = [(TERM_TITLES[name], patch_grid(maps.terms[name], grid)) for name in TERM_TITLES if name in maps.terms]
-    if maps.importance is not None:
-        panels.append((IMPORTANCE_TITLE, patch_grid(maps.importance, grid)))
-    panels.append((PROBABILITY_TITLE, patch_grid(maps.probability, grid)))
-    return panels
+    return [(panel_title(name, maps), patch_grid(values, grid)) for name, values in map_arrays(maps).items()]
 
 
 def image_figure(images, panels, captions, heading, plt):

@@ -9,7 +9,7 @@ layers training sees tokens perturbed by the earlier ones, a random draw).
 Shapes: ``N`` sequences, ``L`` the positions that can matter (text: up to the last EOS).
 """
 from dataclasses import dataclass, fields
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -34,6 +34,7 @@ class TokenMaps:
     probability: the drop probability p, 0 wherever no perturbation may act
     scored:      bool, the tokens importance is computed over (not the global token, not text padding)
     eligible:    bool, the tokens a perturbation may touch
+    used:        the terms the importance source averages (the others are recorded, not used)
     """
 
     layer: Optional[int]
@@ -42,12 +43,7 @@ class TokenMaps:
     probability: torch.Tensor
     scored: torch.Tensor
     eligible: torch.Tensor
-
-    def rows(self, index):
-        """The same maps for the sequences ``index`` (a slice or index tensor)."""
-        return TokenMaps(self.layer, {k: v[index] for k, v in self.terms.items()},
-                         None if self.importance is None else self.importance[index], self.probability[index],
-                         self.scored[index], self.eligible[index])
+    used: Tuple[str, ...] = ()
 
 
 @torch.no_grad()
@@ -73,7 +69,7 @@ def layer_token_maps(dropout, x, layout, attn, mag=None, layer=None):
         importance = token_importance(dropout.terms, attn, mag_attn, layout.global_index, scored)
     probability = dropout.probability(layout, attn, mag_attn, length)
     return TokenMaps(layer, {k: v.float() for k, v in terms.items()}, importance, probability.float(), scored,
-                     layout.eligible[:, :length])
+                     layout.eligible[:, :length], dropout.terms)
 
 
 class ImportanceRecorder(LayerHook):
@@ -121,7 +117,7 @@ def mean_over_layers(maps_by_layer):
     common = [name for name in first.terms if all(name in m.terms for m in maps)]
     importance = None if first.importance is None else mean([m.importance for m in maps])
     return TokenMaps(None, {name: mean([m.terms[name] for m in maps]) for name in common}, importance,
-                     mean([m.probability for m in maps]), first.scored, first.eligible)
+                     mean([m.probability for m in maps]), first.scored, first.eligible, first.used)
 
 
 def _to_cpu(maps):
@@ -145,4 +141,4 @@ def _join_rows(chunks):
     importance = None if first.importance is None else cat([c.importance for c in chunks])
     return TokenMaps(first.layer, {k: cat([c.terms[k] for c in chunks]) for k in first.terms}, importance,
                      cat([c.probability for c in chunks]), cat([c.scored for c in chunks]),
-                     cat([c.eligible for c in chunks]))
+                     cat([c.eligible for c in chunks]), first.used)

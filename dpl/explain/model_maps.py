@@ -16,6 +16,7 @@ from dpl.clip.package import TOKENIZER
 from dpl.clip.templates import UnknownTemplateError, fill_template
 from dpl.clip.text import tokenize
 from dpl.drople.token_dropout import TokenDropout
+from dpl.engine.errors import UserError
 
 from .maps import ImportanceRecorder
 
@@ -86,28 +87,38 @@ def recorder(setup, modality):
 def explain(model, images, classnames, dataset_name="", method=""):
     """``Explanation`` of ``images`` ``[N, 3, H, W]`` (normalised as the model's test transform) for ``model`` (a
     ``ClipPromptModel`` in eval mode, its class prompts those of ``classnames``); ``method``: its trainer's name."""
+    if not model.arch.is_vit:
+        raise UserError("explain draws the patch tokens of a ViT; this CLIP has a ResNet image encoder "
+                        "(use a run on e.g. ViT-B/16)")
+    method = method or type(model).__name__
     setup = token_dropout_setup(model)
-    fallback = setup is None
-    if fallback:
-        setup = fallback_setup(model)
     images = images.to(model.clip.text_projection.device)
-    logits = model(images).float()
-    confidence, predicted = logits.softmax(dim=-1).max(dim=-1)
-    vision = recorder(setup, "vision")
-    text = recorder(setup, "text")
-    if fallback:
-        model.vision_encoder(images, hook=vision)
-        tokens = tokenize(fill_template(hand_template(dataset_name), classnames), model.arch.context_length)
-        model.text_encoder.encode_tokens(tokens, hook=text)
-        labels = [token_words(row) for row in tokens]
-        source = (f"frozen CLIP attention ({method or type(model).__name__} has no token dropout): global-token "
-                  "and self-attention terms, default probability range")
-    else:
-        model.encode_image(images, hook=vision)
-        model.encode_text(hook=text)
-        learner = model.prompt_learner
-        labels = [token_words(row, learner.n_ctx_text) for row in learner.tokenized]
-        source = f"token dropout of {method or type(model).__name__} (importance: {setup.dropout.importance})"
+    if setup is None:
+        return explain_frozen(model, images, classnames, dataset_name, method)
+    vision, text = recorder(setup, "vision"), recorder(setup, "text")
+    logits = model.logits(model.encode_image(images, hook=vision), model.encode_text(hook=text))  # = model(images)
+    learner = model.prompt_learner
+    labels = [token_words(row, learner.n_ctx_text) for row in learner.tokenized]
+    source = f"token dropout of {method} (importance: {setup.dropout.importance})"
+    return explanation(source, vision, text, labels, model, logits, fallback=False)
+
+
+def explain_frozen(model, images, classnames, dataset_name, method):
+    """The frozen CLIP's attention terms, for a model without token dropout; its own predictions."""
+    setup = fallback_setup(model)
+    vision, text = recorder(setup, "vision"), recorder(setup, "text")
+    logits = model(images)
+    model.vision_encoder(images, hook=vision)
+    tokens = tokenize(fill_template(hand_template(dataset_name), classnames), model.arch.context_length)
+    model.text_encoder.encode_tokens(tokens, hook=text)
+    labels = [token_words(row) for row in tokens]
+    source = (f"frozen CLIP attention ({method} has no token dropout): global-token and self-attention terms, "
+              "default probability range")
+    return explanation(source, vision, text, labels, model, logits, fallback=True)
+
+
+def explanation(source, vision, text, labels, model, logits, fallback):
+    confidence, predicted = logits.float().softmax(dim=-1).max(dim=-1)
     grid = round(model.arch.num_patches ** 0.5)
     return Explanation(source, vision.maps, text.maps, labels, grid, predicted.cpu(), confidence.cpu(), fallback)
 

@@ -72,7 +72,8 @@ def draw_run(axes, curves, color, label=None):
                 label=f"_{label} {split}" if label else f"{split} ({curves.keyword})")
     if curves.final is not None:
         ax.plot([curves.final[0]], [curves.final[1]], color=color if label else "C3", marker="*", markersize=10,
-                linestyle="none", label=f"_{label} {FINAL_LABEL}" if label else FINAL_LABEL)
+                markerfacecolor="none", linestyle="none",  # hollow: a logged test at the same point shows through
+                label=f"_{label} {FINAL_LABEL}" if label else FINAL_LABEL)
 
 
 def finish_panels(axes, all_curves):

@@ -6,8 +6,9 @@ Both Dassl generations write one progress line per ``TRAIN.PRINT_FREQ`` steps::
     epoch [3/10][20/50]\ttime 0.123 (0.130)\tdata 0.001 (0.010)\teta 0:01:23\tloss 1.2345 (1.3456)\tlr 1.982300e-03
 
 Each metric is ``name value (average)``; the average is over the steps of the current epoch so far (a
-``MetricMeter`` per epoch), so the one on an epoch's last logged line is that epoch's mean (of the steps
-logged in this process: a run resumed mid-epoch restarts it). An evaluation is the first ``* <keyword>:
+``MetricMeter`` per epoch), so the one on an epoch's last logged line is the mean of the epoch's steps up to
+that line: the whole epoch's when its last batch is logged (``num_batches`` a multiple of ``TRAIN.PRINT_FREQ``,
+or fewer batches than it), and only the steps since a restart for a run resumed mid-epoch. An evaluation is the first ``* <keyword>:
 X%`` line after ``Evaluate on the *<split>* set`` (older fork: ``Do evaluation on <split> set``), at the
 epoch of the last progress line before it. A run's logs are read oldest first: upstream Dassl keeps
 ``log.txt`` and starts a ``log.txt-<timestamp>`` for each restart; our engine appends to ``log.txt``.

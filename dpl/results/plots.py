@@ -55,7 +55,7 @@ def import_pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise ResultsError("--plot needs matplotlib: pip install matplotlib (or pip install -e .[plot])") from None
+        raise ResultsError("drawing figures needs matplotlib: pip install matplotlib (or pip install -e .[plot])") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

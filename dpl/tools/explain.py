@@ -30,7 +30,8 @@ from dpl.config import get_cfg_default
 from dpl.config.node import CfgNode
 from dpl.data.data_manager import read_image
 from dpl.engine import UserError, build_trainer, extend_cfg_for_all_trainers
-from dpl.explain.figures import image_figure, layer_title, select_layer, text_figure, vision_panels
+from dpl.explain.figures import (image_figure, layer_title, map_arrays, patch_grid, select_modalities, text_figure,
+                                 vision_panels)
 from dpl.explain.model_maps import explain
 from dpl.plugins import load_plugins, plugin_paths
 from dpl.results import plots
@@ -41,6 +42,20 @@ from dpl.utils import UnknownNameError
 
 FROZEN_TRAINER = "ZeroshotCLIP"  # what builds the frozen CLIP when no run is given
 MAX_IMAGES = 12  # rows of one figure
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: give a number >= 1")
+    return value
+
+
+def palette_size(text):
+    value = int(text)
+    if value != 0 and not 2 <= value <= 256:
+        raise argparse.ArgumentTypeError(f"{text}: a PNG palette holds 2 to 256 colours (0: full colour)")
+    return value
 
 
 def build_parser():
@@ -57,8 +72,8 @@ def build_parser():
     p.add_argument("--dataset-config-file", default="",
                    help="the dataset (default: the run's; without a run: required, drawn by the frozen CLIP)")
     p.add_argument("--backbone", default="pocket", help="without a run: the CLIP (default pocket)")
-    p.add_argument("--dpi", type=int, default=120, help="resolution of the PNG files (default 120)")
-    p.add_argument("--palette", type=int, default=0, metavar="N",
+    p.add_argument("--dpi", type=positive_int, default=120, help="resolution of the PNG files (default 120)")
+    p.add_argument("--palette", type=palette_size, default=0, metavar="N",
                    help="PNG files of at most N colours (e.g. 64: a few times smaller, for documents)")
     p.add_argument("--cpu", action="store_true", help="run on the CPU even where CUDA is available")
     p.add_argument("--plugin", action="append", default=[], metavar="PATH", help="as train.py's --plugin")
@@ -142,16 +157,23 @@ def load_latest(trainer, model_dir):
 
 
 # ----- the images --------------------------------------------------------------------------------------------
+def check_counts(args):
+    if args.images and len(args.images) > MAX_IMAGES or not 1 <= args.num_images <= MAX_IMAGES:
+        count = f"--images gives {len(args.images)}" if args.images else f"--num-images {args.num_images}"
+        raise UserError(f"{count}: a figure holds 1 to {MAX_IMAGES} images; run the command again for more")
+    if args.num_classes < 1:
+        raise UserError(f"--num-classes {args.num_classes}: chart at least one class prompt")
+
+
 def chosen_images(args, dataset):
     """``[(path, label or None)]``: ``--images``, else the first test image of each class, then the next ones."""
     if args.images:
         return [(path, None) for path in args.images]
-    if args.num_images < 1:
-        raise UserError(f"--num-images {args.num_images}: draw at least one image")
-    test = list(dataset.test)
-    first_of_class = list({item.label: item for item in reversed(test)}.values())[::-1]
-    ordered = sorted(first_of_class, key=test.index) + [item for item in test if item not in first_of_class]
-    return [(item.impath, item.label) for item in ordered[:min(args.num_images, MAX_IMAGES)]]
+    seen, first_of_class, others = set(), [], []
+    for item in dataset.test:
+        (others if item.label in seen else first_of_class).append(item)
+        seen.add(item.label)
+    return [(item.impath, item.label) for item in (first_of_class + others)[:args.num_images]]
 
 
 def load_images(paths, transform):
@@ -187,32 +209,45 @@ def captions(chosen, explanation, classnames):
 def text_rows(chosen, explanation, limit):
     """The class prompts to chart: the images' true classes (else predicted ones), each once, at most ``limit``."""
     classes = [label if label is not None else int(p) for (_, label), p in zip(chosen, explanation.predicted)]
-    return list(dict.fromkeys(classes))[:max(1, limit)]
+    return list(dict.fromkeys(classes))[:limit]
 
 
 def write_figures(explanation, pictures, chosen, classnames, layer, num_classes, out_dir, plt, dpi=120,
                   palette=0):
-    """The PNG files and the ``.npz`` of the arrays drawn; their paths."""
-    written = []
+    """The PNG files and the ``.npz`` of the arrays drawn (``vision/<name>`` ``[N, grid, grid]``, ``text/<name>``
+    ``[C, L]`` with ``text/eligible`` and ``text/tokens``; names as ``map_arrays``); their paths."""
+    selected = select_modalities(explanation, layer)  # before anything is written
     tag = "mean" if layer == "mean" else f"layer{layer}"
-    vision = select_layer(explanation.vision, layer)
-    panels = vision_panels(vision, explanation.grid)
-    heading = f"{explanation.source}; {layer_title(vision.layer)}"
-    fig = image_figure(pictures, panels, captions(chosen, explanation, classnames), heading, plt)
-    written.append(plots.save_figure(fig, out_dir, f"vision_{tag}.png", plt, dpi, palette))
-    arrays = {f"vision/{title}": maps for title, maps in panels}
-    if explanation.text:
-        text = select_layer(explanation.text, layer)
-        rows = text_rows(chosen, explanation, num_classes)
-        fig = text_figure(explanation.token_labels, text, rows, classnames, heading, plt)
+    heading = f"{explanation.source}; {layer_title(None if layer == 'mean' else layer)}"
+    written, arrays = [], {}
+    if "vision" in selected:
+        vision = selected["vision"]
+        fig = image_figure(pictures, vision_panels(vision, explanation.grid),
+                           captions(chosen, explanation, classnames), heading, plt)
+        written.append(plots.save_figure(fig, out_dir, f"vision_{tag}.png", plt, dpi, palette))
+        arrays.update({f"vision/{name}": patch_grid(values, explanation.grid)
+                       for name, values in map_arrays(vision).items()})
+    if "text" in selected:
+        text = selected["text"]
+        fig = text_figure(explanation.token_labels, text, text_rows(chosen, explanation, num_classes), classnames,
+                          heading, plt)
         written.append(plots.save_figure(fig, out_dir, f"text_{tag}.png", plt, dpi, palette))
-        arrays.update({f"text/{name}": t.numpy() for name, t in text.terms.items()})
-        arrays["text/probability"] = text.probability.numpy()
-        if text.importance is not None:
-            arrays["text/importance"] = text.importance.numpy()
+        arrays.update({f"text/{name}": values.numpy() for name, values in map_arrays(text).items()})
+        arrays["text/eligible"] = text.eligible.numpy()
+        length = text.probability.shape[1]
+        arrays["text/tokens"] = np.array([words + [""] * (length - len(words)) for words in explanation.token_labels])
     path = os.path.join(out_dir, f"maps_{tag}.npz")
     np.savez_compressed(path, **arrays)
     return written + [path]
+
+
+def precision_note(trainer):
+    """A note when the maps are computed at another precision than the run trained at (e.g. fp16 on a GPU,
+    drawn here on a CPU in fp32), else None."""
+    trained = trainer.node.PREC if hasattr(trainer, "node") else None
+    if trained is None or trained == trainer.precision:
+        return None
+    return f"note: computed in {trainer.precision} on {trainer.device.type}; the run's PREC is {trained}"
 
 
 def main(argv=None):
@@ -220,19 +255,22 @@ def main(argv=None):
     try:
         plt = plots.import_pyplot()  # before any work: a missing matplotlib fails at once
         layer = layer_choice(args.layer)
+        check_counts(args)
         trainer, cfg = build_model(args)
         dataset = trainer.dm.dataset
         chosen = chosen_images(args, dataset)
         inputs, pictures = load_images([path for path, _ in chosen], trainer.dm.tfm_test)
-        explanation = explain(trainer.model, inputs, dataset.classnames, cfg.DATASET.NAME, cfg.TRAINER.NAME)
+        with trainer.autocast():  # PREC amp: the half-precision attention the training step sees
+            explanation = explain(trainer.model, inputs, dataset.classnames, cfg.DATASET.NAME, cfg.TRAINER.NAME)
         out_dir = args.out or (os.path.join(args.model_dir, EXPLAIN_DIR) if args.model_dir else EXPLAIN_DIR)
         os.makedirs(out_dir, exist_ok=True)
-        if explanation.fallback:
-            print(f"note: {explanation.source}")
+        for note in (f"note: {explanation.source}" if explanation.fallback else None, precision_note(trainer)):
+            if note:
+                print(note)
         for path in write_figures(explanation, pictures, chosen, dataset.classnames, layer, args.num_classes,
                                   out_dir, plt, args.dpi, args.palette):
             print(path)
-    except (UserError, ResultsError, UnknownNameError, FileNotFoundError, PermissionError) as exc:
+    except (UserError, ResultsError, UnknownNameError, OSError) as exc:  # OSError: unreadable or unwritable paths
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
