@@ -22,6 +22,9 @@ import re
 import zlib
 from dataclasses import dataclass
 
+from dpl.utils.errors import UserError
+from dpl.utils.tools import atomic_open
+
 from .errors import ResultsError
 
 PLOT_PROTOCOLS = ("base2new", "longtail", "fewshot", "xd", "dg")
@@ -285,24 +288,29 @@ def build_figure(grid, protocol, plt):
 
 
 def save_figure(fig, out_dir, name, plt, dpi=120, palette=0):
-    """Write ``fig`` as ``out_dir/name`` (a file-system-safe name) and close it; its path.
+    """Write ``fig`` as ``out_dir/name`` (a file-system-safe name), atomically, and close it; its path.
 
     ``palette``: a PNG of at most that many colours (0: full colour); a few times smaller, for documents.
+    An interrupted or failed write leaves the previous file; a path that cannot be written is a ``ResultsError``.
     """
-    os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, safe_name(name))
     fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=dpi, format="png")
+    plt.close(fig)
     if palette:
         from PIL import Image
 
-        buffer = io.BytesIO()
-        fig.savefig(buffer, dpi=dpi, format="png")
         buffer.seek(0)
         with Image.open(buffer) as image:
-            image.convert("RGB").quantize(palette, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
-    else:
-        fig.savefig(path, dpi=dpi)
-    plt.close(fig)
+            small = image.convert("RGB").quantize(palette, method=Image.Quantize.MEDIANCUT)
+        buffer = io.BytesIO()
+        small.save(buffer, format="png", optimize=True)
+    try:
+        with atomic_open(path, "wb") as f:
+            f.write(buffer.getvalue())
+    except UserError as exc:  # UnwritableFileError: one line naming the file
+        raise ResultsError(str(exc)) from None
     return path
 
 

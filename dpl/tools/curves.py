@@ -19,6 +19,8 @@ from dpl.results.errors import ResultsError
 from dpl.results.layout import CURVES_DIR
 from dpl.results.plots import import_pyplot
 
+EXIT_INTERRUPTED = 130  # as shells report a process stopped by SIGINT
+
 OVERLAY_NAME = "seeds_overlay.png"
 
 
@@ -89,6 +91,10 @@ def main(argv=None):
     except (ResultsError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # every file is written whole or not at all: the same command redraws them
+        print("Interrupted: the figures printed above are complete; run the same command again for all",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

@@ -39,9 +39,11 @@ from dpl.results.errors import ResultsError
 from dpl.results.layout import EXPLAIN_DIR
 from dpl.results.runs import latest_checkpoints, read_checkpoint
 from dpl.utils import UnknownNameError
+from dpl.utils.tools import atomic_open
 
 FROZEN_TRAINER = "ZeroshotCLIP"  # what builds the frozen CLIP when no run is given
 MAX_IMAGES = 12  # rows of one figure
+EXIT_INTERRUPTED = 130  # as shells report a process stopped by SIGINT
 
 
 def positive_int(text):
@@ -237,7 +239,8 @@ def write_figures(explanation, pictures, chosen, classnames, layer, num_classes,
         length = text.probability.shape[1]
         arrays["text/tokens"] = np.array([words + [""] * (length - len(words)) for words in explanation.token_labels])
     path = os.path.join(out_dir, f"maps_{tag}.npz")
-    np.savez_compressed(path, **arrays)
+    with atomic_open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
     return written + [path]
 
 
@@ -273,6 +276,9 @@ def main(argv=None):
     except (UserError, ResultsError, UnknownNameError, OSError) as exc:  # OSError: unreadable or unwritable paths
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # every file is written whole or not at all: the same command redraws them
+        print("Interrupted: the files printed above are complete; run the same command again for all", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 
