@@ -184,7 +184,10 @@ def subplot_figure(n, title, styles, plt, lines=False, width=3.8, height=3.0):
     keeps room for it). Returns (figure, [data axes])."""
     ncols = min(MAX_COLUMNS, max(1, n))
     nrows = math.ceil(n / ncols)
-    legend_cols = max(1, min(len(styles), 4 if ncols == 1 else 2 * ncols))
+    # as many legend columns as the longest label fits across the figure (about 0.085 in a character, plus the
+    # handle), so that a figure of one subplot does not cut its legend off
+    entry_width = 0.085 * max((len(label) for label in styles), default=1) + 0.6
+    legend_cols = max(1, min(len(styles), int(width * ncols // entry_width)))
     legend_rows = math.ceil(len(styles) / legend_cols) if styles else 1
     legend_height = 0.3 * legend_rows + 0.2
     fig = plt.figure(figsize=(width * ncols, height * nrows + legend_height))
