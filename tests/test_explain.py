@@ -329,3 +329,14 @@ def test_the_demo_ends_with_its_chart_explain_figures_and_curves(tmp_path):
     assert f"plot: {figures / 'base2new.png'}" in result.stderr and (figures / "base2new.png").is_file()
     probability = np.load(expected[2])["vision/probability"]  # 4 test images of the 7 x 7-patch pocket CLIP
     assert probability.shape == (4, 7, 7) and probability.min() >= 0.1 - 1e-6 and probability.max() <= 0.5 + 1e-6
+
+
+def test_the_readme_command_of_the_committed_figures_parses_and_names_them():
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    start = readme.index(".venv/bin/python -m dpl.tools.explain")
+    command = readme[start:readme.index("```", start)].replace("\\\n", " ").split()[3:]
+    args = explain_cli.build_parser().parse_args(command)
+    for name in ("vision_mean.png", "text_mean.png"):
+        figure = PROJECT_ROOT / args.out / name
+        assert f"]({args.out}/{name})" in readme and figure.is_file()
+        assert figure.stat().st_size < 100_000  # a committed picture stays small
