@@ -237,7 +237,7 @@ def test_explain_a_dropout_prompt_run_writes_the_figures_of_the_maps_it_computes
 def test_a_layer_and_image_files_can_be_chosen(runs, tmp_path, capsys):
     image = next((runs["data"] / "dtd").rglob("*.jpg"))
     code, out, err = run_cli("--model-dir", runs["DropoutPrompt"], "--out", tmp_path, "--images", image,
-                             "--layer", 1, "--cpu", capsys=capsys)
+                             "--layer", 1, "--load-epoch", 1, "--cpu", capsys=capsys)
     assert code == 0, err
     assert "vision_layer1.png" in out and "text_layer1.png" in out
 
@@ -281,6 +281,8 @@ ERRORS = {
     "no run": (lambda runs, tmp: [], "give --model-dir RUN"),
     "too many images": (lambda runs, tmp: ["--model-dir", runs["DropoutPrompt"], "--num-images", 13],
                         "--num-images 13: a figure holds 1 to 12 images"),
+    "no such epoch": (lambda runs, tmp: ["--model-dir", runs["DropoutPrompt"], "--load-epoch", 5],
+                      "model.pth.tar-5: available: ['model.pth.tar-1']"),
     "no class": (lambda runs, tmp: ["--model-dir", runs["DropoutPrompt"], "--num-classes", 0],
                  "--num-classes 0: chart at least one class prompt"),
 }

@@ -83,22 +83,28 @@ def build_parser():
 
 
 # ----- the model ---------------------------------------------------------------------------------------------
-def run_config(model_dir):
-    """The config a run's latest checkpoint recorded (every checkpoint of this code base holds it)."""
+def latest_run_checkpoints(model_dir):
+    """``{model folder name: (path, contents)}`` of a run's latest checkpoints, read once."""
     if not os.path.isdir(model_dir):
         raise UserError(f"--model-dir {model_dir}: no such folder")
-    checkpoints = latest_checkpoints(model_dir)
-    if not checkpoints:
+    paths = latest_checkpoints(model_dir)
+    if not paths:
         raise UserError(f"--model-dir {model_dir}: no checkpoint here (a model folder with a 'checkpoint' file); "
                         "give the folder of a run that trained, e.g. output/.../seed1")
-    config = read_checkpoint(checkpoints[0]).get("config")
+    return {os.path.basename(os.path.dirname(path)): (path, read_checkpoint(path)) for path in paths}
+
+
+def run_config(checkpoints):
+    """The config a run's checkpoint recorded (every checkpoint of this code base holds it)."""
+    path, checkpoint = next(iter(checkpoints.values()))
+    config = checkpoint.get("config")
     if not isinstance(config, dict):
-        raise UserError(f"{checkpoints[0]} records no config (written by other code): explain cannot rebuild its model")
+        raise UserError(f"{path} records no config (written by other code): explain cannot rebuild its model")
     cfg = base_cfg()
     try:
         cfg.merge_from_other_cfg(CfgNode(config))
     except KeyError as exc:  # a trainer or dataset node of a plugin that is not loaded
-        raise UserError(f"{checkpoints[0]}: its config has a key this code does not define ({exc}); load the "
+        raise UserError(f"{path}: its config has a key this code does not define ({exc}); load the "
                         "plugin that defines it with --plugin PATH") from None
     return cfg
 
@@ -131,7 +137,8 @@ def base_cfg():
 def build_model(args):
     """``(trainer, cfg)`` with the run's model loaded (or the frozen CLIP), in eval mode; build logs are muted."""
     load_plugins(plugin_paths(args.plugin))
-    cfg = run_config(args.model_dir) if args.model_dir else frozen_config(args)
+    checkpoints = latest_run_checkpoints(args.model_dir) if args.model_dir else {}
+    cfg = run_config(checkpoints) if checkpoints else frozen_config(args)
     if args.model_dir and args.dataset_config_file:  # a trained model on another dataset (cross-dataset)
         merge_dataset_config(cfg, args.dataset_config_file)
     if args.root:
@@ -144,25 +151,20 @@ def build_model(args):
     cfg.freeze()
     with contextlib.redirect_stdout(io.StringIO()):
         trainer = build_trainer(cfg)
-        if args.model_dir and args.load_epoch is not None:
+        if checkpoints and args.load_epoch is not None:
             trainer.load_model(args.model_dir, epoch=args.load_epoch)
-        elif args.model_dir:
-            load_latest(trainer, args.model_dir)
+        elif checkpoints:  # the latest, a mid-epoch one too: a run in progress can be drawn
+            for name, (_, checkpoint) in checkpoints.items():
+                trainer.load_checkpoint_state_dict(name, checkpoint["state_dict"])
     trainer.model.eval()
     return trainer, cfg
-
-
-def load_latest(trainer, model_dir):
-    """The latest checkpoint of each model folder (mid-epoch ones too: a run in progress can be drawn)."""
-    for path in latest_checkpoints(model_dir):
-        trainer.load_checkpoint_state_dict(os.path.basename(os.path.dirname(path)), read_checkpoint(path)["state_dict"])
 
 
 # ----- the images --------------------------------------------------------------------------------------------
 def check_counts(args):
     if args.images and len(args.images) > MAX_IMAGES or not 1 <= args.num_images <= MAX_IMAGES:
         count = f"--images gives {len(args.images)}" if args.images else f"--num-images {args.num_images}"
-        raise UserError(f"{count}: a figure holds 1 to {MAX_IMAGES} images; run the command again for more")
+        raise UserError(f"{count}: a figure holds 1 to {MAX_IMAGES} images; draw more in several commands")
     if args.num_classes < 1:
         raise UserError(f"--num-classes {args.num_classes}: chart at least one class prompt")
 
