@@ -169,6 +169,18 @@ def test_a_term_the_importance_source_leaves_out_is_marked_not_used(explanation)
     assert titles[:3] == ["global-token attention", "max self-attention", "alignment guidance (not used)"]
 
 
+def test_a_dropout_prompt_model_that_drops_nothing_falls_back_and_says_why(dpl_trainer, images):
+    model = dpl_trainer.model.eval()
+    original = model.dropout
+    try:
+        model.dropout = td.TokenDropout(perturbation="none")
+        result = explain(model, images, dpl_trainer.dm.dataset.classnames, "DescribableTextures", "DropoutPrompt")
+    finally:
+        model.dropout = original
+    assert result.fallback and "DropoutPrompt drops no tokens: PERTURBATION none" in result.source
+    assert "mag" not in result.vision[0].terms  # the frozen CLIP has no alignment module
+
+
 def test_a_resnet_clip_is_refused_in_one_line():
     model = types.SimpleNamespace(arch=types.SimpleNamespace(is_vit=False))
     with pytest.raises(UserError, match="ResNet image encoder"):

@@ -112,8 +112,10 @@ def explain_frozen(model, images, classnames, dataset_name, method):
     tokens = tokenize(fill_template(hand_template(dataset_name), classnames), model.arch.context_length)
     model.text_encoder.encode_tokens(tokens, hook=text)
     labels = [token_words(row) for row in tokens]
-    source = (f"frozen CLIP attention ({method} has no token dropout): global-token and self-attention terms, "
-              "default probability range")
+    why = ("drops no tokens: PERTURBATION none or no dropping layer" if isinstance(getattr(model, "dropout", None),
+                                                                                  TokenDropout)
+           else "has no token dropout")
+    source = f"frozen CLIP attention ({method} {why}): global-token and self-attention terms, default probability range"
     return explanation(source, vision, text, labels, model, logits, fallback=True)
 
 
