@@ -19,8 +19,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
-from .discovery import SEED_DIR
-from .layout import FIGURE_DIRS
+from .discovery import SEED_DIR, may_hold_runs
 from .logs import EVAL_ONLY_LINE, LOG_FILE, TIMESTAMPED_LOG, log_candidates, metric_regex
 from .runs import JSON_KEY_ALIASES
 from .schema import RESULTS_NAME, final_test_record, read_results
@@ -178,15 +177,15 @@ def is_run_dir(path):
 
 def find_runs(path, skip=()):
     """The run folders at or below ``path``, sorted; not below a run (its model folders), not in hidden
-    or ``curves/`` folders, nor in the folders of ``skip`` (real paths: an output folder elsewhere)."""
+    or figure folders (``may_hold_runs``), nor in the folders of ``skip`` (real paths: an output folder elsewhere)."""
     runs = []
     for dirpath, dirnames, _ in os.walk(path):
         if is_run_dir(dirpath):
             runs.append(dirpath)
             dirnames[:] = []
             continue
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in FIGURE_DIRS
-                             and os.path.realpath(os.path.join(dirpath, d)) not in skip)
+        dirnames[:] = sorted(d for d in dirnames
+                             if may_hold_runs(d) and os.path.realpath(os.path.join(dirpath, d)) not in skip)
     return runs
 
 

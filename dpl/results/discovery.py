@@ -23,10 +23,14 @@ SEED_DIR = re.compile(r"seed(\d+)")
 BASE2NEW_PARTS = {"train_base": "base", "test_base": "base_eval", "test_new": "new"}  # folder -> part
 
 
+def may_hold_runs(name):
+    """False for dot files (editor and OS droppings are not runs) and the figure tools' output folders."""
+    return not name.startswith(".") and name not in FIGURE_DIRS
+
+
 def listdir_nohidden(path):
-    """The entries of ``path`` without dot files (editor and OS droppings are not runs) and the figure tools'
-    output folders (``FIGURE_DIRS``), sorted."""
-    return sorted(name for name in os.listdir(path) if not name.startswith(".") and name not in FIGURE_DIRS)
+    """The entries of ``path`` that ``may_hold_runs``, sorted."""
+    return sorted(name for name in os.listdir(path) if may_hold_runs(name))
 
 
 @dataclass(frozen=True)

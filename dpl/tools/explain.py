@@ -26,16 +26,16 @@ import torch
 import torchvision.transforms as T
 import yaml
 
-from dpl.config import get_cfg_default
 from dpl.config.node import CfgNode
 from dpl.data.data_manager import read_image
-from dpl.engine import UserError, build_trainer, extend_cfg_for_all_trainers
+from dpl.engine import UserError, build_trainer
 from dpl.explain.figures import (image_figure, layer_title, map_arrays, patch_grid, select_modalities, text_figure,
                                  vision_panels)
 from dpl.explain.model_maps import explain
 from dpl.plugins import load_plugins, plugin_paths
 from dpl.results import plots
 from dpl.results.errors import ResultsError
+from dpl.results.identity import default_config
 from dpl.results.layout import EXPLAIN_DIR
 from dpl.results.runs import latest_checkpoints, read_checkpoint
 from dpl.utils import UnknownNameError
@@ -100,7 +100,7 @@ def run_config(checkpoints):
     config = checkpoint.get("config")
     if not isinstance(config, dict):
         raise UserError(f"{path} records no config (written by other code): explain cannot rebuild its model")
-    cfg = base_cfg()
+    cfg = default_config()
     try:
         cfg.merge_from_other_cfg(CfgNode(config))
     except KeyError as exc:  # a trainer or dataset node of a plugin that is not loaded
@@ -113,7 +113,7 @@ def frozen_config(args):
     """The frozen CLIP of ``--backbone`` on the dataset of ``--dataset-config-file``."""
     if not args.dataset_config_file:
         raise UserError("give --model-dir RUN, or --dataset-config-file (and --root) for the frozen CLIP")
-    cfg = base_cfg()
+    cfg = default_config()
     merge_dataset_config(cfg, args.dataset_config_file)
     cfg.TRAINER.NAME, cfg.MODEL.BACKBONE.NAME = FROZEN_TRAINER, args.backbone
     return cfg
@@ -126,12 +126,6 @@ def merge_dataset_config(cfg, path):
         cfg.merge_from_file(path)
     except (KeyError, ValueError, yaml.YAMLError) as exc:
         raise UserError(f"--dataset-config-file {path}: {exc}") from None
-
-
-def base_cfg():
-    cfg = get_cfg_default()
-    extend_cfg_for_all_trainers(cfg)
-    return cfg
 
 
 def build_model(args):
